@@ -1,0 +1,80 @@
+"""Row-level problems found while reading or validating a table.
+
+Every check records a boolean mask under a fixed message, so a row collects *every* reason
+that applies (not only the first) and the summary counts stay grouped by reason.
+Messages name the field first (``"arrival_time: before ready_time"``) so a user can act on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+class MissingColumnsError(ValueError):
+    """A file lacks columns the contract requires: nothing can be ingested."""
+
+    def __init__(self, missing: Iterable[str], where: str = "input") -> None:
+        self.missing = sorted(missing)
+        super().__init__(f"{where}: missing required column(s): {', '.join(self.missing)}")
+
+
+class Issues:
+    """Boolean masks of row problems keyed by message, for a table of ``n`` rows."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._masks: dict[str, BoolArray] = {}
+
+    def add(self, message: str, mask: npt.ArrayLike) -> None:
+        """Record ``message`` for the rows where ``mask`` is true (masks for one message OR)."""
+        arr = np.asarray(mask, dtype=bool)
+        if isinstance(mask, pd.Series):
+            arr = mask.fillna(False).to_numpy(dtype=bool)
+        if arr.shape != (self.n,):
+            raise ValueError(f"mask for {message!r} has shape {arr.shape}, expected ({self.n},)")
+        if message in self._masks:
+            self._masks[message] = self._masks[message] | arr
+        else:
+            self._masks[message] = arr.copy()
+
+    def extend(self, other: Issues) -> None:
+        """Merge another collection over the same rows."""
+        for message, mask in other._masks.items():
+            self.add(message, mask)
+
+    @property
+    def bad(self) -> BoolArray:
+        """Rows with at least one problem."""
+        out = np.zeros(self.n, dtype=bool)
+        for mask in self._masks.values():
+            out |= mask
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Rows per reason (a row with two reasons counts under both), largest first."""
+        pairs = ((m, int(mask.sum())) for m, mask in self._masks.items())
+        return dict(sorted((p for p in pairs if p[1]), key=lambda p: (-p[1], p[0])))
+
+    def reasons(self) -> pd.Series:
+        """Per row, every reason joined by ``"; "`` (empty string for a good row)."""
+        out = np.full(self.n, "", dtype=object)
+        for message, mask in self._masks.items():
+            if not mask.any():
+                continue
+            idx = np.flatnonzero(mask)
+            prefix = np.where(out[idx] == "", "", out[idx].astype(str) + "; ")
+            out[idx] = np.char.add(prefix.astype(str), message)
+        return pd.Series(out, dtype="string")
+
+    def subset(self, keep: BoolArray) -> Issues:
+        """The same issues restricted to the rows where ``keep`` is true."""
+        sub = Issues(int(np.count_nonzero(keep)))
+        for message, mask in self._masks.items():
+            sub._masks[message] = mask[keep]
+        return sub
