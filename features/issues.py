@@ -48,6 +48,10 @@ class Issues:
         for message, mask in other._masks.items():
             self.add(message, mask)
 
+    def mask(self, message: str) -> BoolArray:
+        """Rows recorded under ``message`` (all false when it never occurred)."""
+        return self._masks.get(message, np.zeros(self.n, dtype=bool))
+
     @property
     def bad(self) -> BoolArray:
         """Rows with at least one problem."""

@@ -1,0 +1,174 @@
+"""The ``doorstep`` command line: thin commands over importable functions.
+
+``simulate``, ``ingest``, ``demand-table`` and the ``benchmark`` commands are contracts that
+other tools script against: their flags and outputs stay stable (see the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features import schema as s
+from features.issues import MissingColumnsError
+
+app = typer.Typer(
+    name="doorstep",
+    help="ETAs and demand forecasts for last-mile delivery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _counts_table(title: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("reason")
+    table.add_column("rows", justify="right")
+    for reason, n in counts.items():
+        table.add_row(reason, f"{n:,}")
+    return table
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output directory")] = Path("data/sim"),
+    days: Annotated[int | None, typer.Option(help="Days to simulate")] = None,
+    couriers: Annotated[int | None, typer.Option(help="Number of couriers")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
+    config: Annotated[Path | None, typer.Option(help="City config YAML")] = None,
+    partitioned: Annotated[
+        bool, typer.Option(help="Stream day chunks to partitioned Parquet (large cities)")
+    ] = False,
+) -> None:
+    """Simulate a city: writes OUT/deliveries.parquet and OUT/demand.parquet."""
+    from citysim import CityConfig, simulate_to_parquet
+    from doorstep.config import load_yaml
+
+    cfg = load_yaml(CityConfig, config)
+    overrides = {k: v for k, v in (("days", days), ("couriers", couriers), ("seed", seed)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    start = time.perf_counter()
+    with console.status(f"simulating {cfg.days} days x {cfg.couriers} couriers") as status:
+        summary = simulate_to_parquet(
+            cfg,
+            out,
+            partition_by_date=partitioned,
+            progress=lambda done, total: status.update(f"simulating day {done}/{total}"),
+        )
+    elapsed = time.perf_counter() - start
+    table = Table(title=f"simulated city -> {out}", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in dataclasses.asdict(summary).items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    table.add_row("seconds", f"{elapsed:.1f}")
+    console.print(table)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="Deliveries file (CSV, Parquet or LaDe)")],
+    format: Annotated[str, typer.Option("--format", help="lade | csv | parquet")] = "parquet",
+    out: Annotated[Path, typer.Option(help="Output directory")] = Path("data/ingested"),
+    mapping: Annotated[Path | None, typer.Option(help="Column mapping YAML (csv/parquet)")] = None,
+    tz: Annotated[str, typer.Option(help="Time zone of naive timestamps")] = s.DEFAULT_TZ,
+    year: Annotated[int, typer.Option(help="Year of LaDe's year-less dates")] = 2021,
+    h3_resolution: Annotated[int, typer.Option(help="H3 resolution for zones")] = s.DEFAULT_H3_RESOLUTION,
+) -> None:
+    """Validate a deliveries file: OUT/deliveries.parquet (valid) and OUT/quarantine.parquet."""
+    from features.ingest import FORMATS, IngestOptions, write_ingest
+    from features.ingest import ingest as run_ingest
+    from features.validate import ValidationConfig
+
+    if format not in FORMATS:
+        raise _fail(f"--format: must be one of {', '.join(FORMATS)}, got {format!r}")
+    options = IngestOptions(
+        fmt=format,  # type: ignore[arg-type]
+        mapping=mapping,
+        tz=tz,
+        year=year,
+        validation=ValidationConfig(h3_resolution=h3_resolution),
+    )
+    try:
+        with console.status(f"reading and validating {path}"):
+            result = run_ingest(path, options)
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    paths = write_ingest(result, out)
+    if result.counts:
+        console.print(_counts_table("quarantined rows by reason", result.counts))
+    console.print(
+        f"{result.n_input:,} rows read, {result.n_valid:,} valid -> {paths.deliveries}, "
+        f"{result.n_quarantined:,} quarantined -> {paths.quarantine}"
+    )
+    if result.n_valid == 0:
+        raise _fail(f"{path}: no valid rows (see {paths.quarantine})")
+
+
+@app.command("demand-table")
+def demand_table(
+    path: Annotated[Path, typer.Argument(help="Changshu orders CSV or a deliveries Parquet")],
+    format: Annotated[str, typer.Option("--format", help="changshu | deliveries")] = "deliveries",
+    freq: Annotated[str, typer.Option(help="h (hourly) | d (daily)")] = "d",
+    out: Annotated[Path, typer.Option(help="Output Parquet or CSV file")] = Path("data/demand.parquet"),
+) -> None:
+    """Build a demand table (zone_id, ts, volume) with zero periods filled."""
+    from features.demand import check_freq, complete_demand, demand_from_deliveries
+    from features.ingest import read_deliveries
+
+    try:
+        freq = check_freq(freq)
+        if format == "changshu":
+            if freq != "d":
+                raise ValueError("--freq: Changshu orders carry dates only, use --freq d")
+            from features.adapters.changshu import read_changshu
+
+            read = read_changshu(path)
+            table = complete_demand(read.demand, freq)
+            if len(read.rejected):
+                console.print(_counts_table("rejected order rows", read.rejected[s.REASON].value_counts().to_dict()))
+        elif format == "deliveries":
+            table = demand_from_deliveries(read_deliveries(path), freq)
+        else:
+            raise ValueError(f"--format: must be changshu or deliveries, got {format!r}")
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        table.to_csv(out, index=False)
+    else:
+        table.to_parquet(out, index=False)
+    console.print(
+        f"{len(table):,} rows, {table[s.ZONE_ID].nunique():,} zones, "
+        f"{table[s.TS].min()} .. {table[s.TS].max()}, total volume {table[s.VOLUME].sum():,.0f} -> {out}"
+    )
+
+
+def write_json(path: Path, payload: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
