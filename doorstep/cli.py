@@ -62,7 +62,9 @@ def simulate(
     from doorstep.config import load_yaml
 
     cfg = load_yaml(CityConfig, config)
-    overrides = {k: v for k, v in (("days", days), ("couriers", couriers), ("seed", seed)) if v is not None}
+    overrides = {
+        k: v for k, v in (("days", days), ("couriers", couriers), ("seed", seed)) if v is not None
+    }
     cfg = dataclasses.replace(cfg, **overrides)
     start = time.perf_counter()
     with console.status(f"simulating {cfg.days} days x {cfg.couriers} couriers") as status:
@@ -90,7 +92,9 @@ def ingest(
     mapping: Annotated[Path | None, typer.Option(help="Column mapping YAML (csv/parquet)")] = None,
     tz: Annotated[str, typer.Option(help="Time zone of naive timestamps")] = s.DEFAULT_TZ,
     year: Annotated[int, typer.Option(help="Year of LaDe's year-less dates")] = 2021,
-    h3_resolution: Annotated[int, typer.Option(help="H3 resolution for zones")] = s.DEFAULT_H3_RESOLUTION,
+    h3_resolution: Annotated[
+        int, typer.Option(help="H3 resolution for zones")
+    ] = s.DEFAULT_H3_RESOLUTION,
 ) -> None:
     """Validate a deliveries file: OUT/deliveries.parquet (valid) and OUT/quarantine.parquet."""
     from features.ingest import FORMATS, IngestOptions, write_ingest
@@ -127,7 +131,9 @@ def demand_table(
     path: Annotated[Path, typer.Argument(help="Changshu orders CSV or a deliveries Parquet")],
     format: Annotated[str, typer.Option("--format", help="changshu | deliveries")] = "deliveries",
     freq: Annotated[str, typer.Option(help="h (hourly) | d (daily)")] = "d",
-    out: Annotated[Path, typer.Option(help="Output Parquet or CSV file")] = Path("data/demand.parquet"),
+    out: Annotated[Path, typer.Option(help="Output Parquet or CSV file")] = Path(
+        "data/demand.parquet"
+    ),
 ) -> None:
     """Build a demand table (zone_id, ts, volume) with zero periods filled."""
     from features.demand import check_freq, complete_demand, demand_from_deliveries
@@ -143,7 +149,11 @@ def demand_table(
             read = read_changshu(path)
             table = complete_demand(read.demand, freq)
             if len(read.rejected):
-                console.print(_counts_table("rejected order rows", read.rejected[s.REASON].value_counts().to_dict()))
+                console.print(
+                    _counts_table(
+                        "rejected order rows", read.rejected[s.REASON].value_counts().to_dict()
+                    )
+                )
         elif format == "deliveries":
             table = demand_from_deliveries(read_deliveries(path), freq)
         else:
@@ -159,6 +169,43 @@ def demand_table(
         f"{len(table):,} rows, {table[s.ZONE_ID].nunique():,} zones, "
         f"{table[s.TS].min()} .. {table[s.TS].max()}, total volume {table[s.VOLUME].sum():,.0f} -> {out}"
     )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory for tables and models")] = Path(
+        "data"
+    ),
+    data: Annotated[
+        Path | None, typer.Option(help="Your deliveries file (default: simulate)")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="lade | csv | parquet")] = "parquet",
+    mapping: Annotated[Path | None, typer.Option(help="Column mapping YAML")] = None,
+    tz: Annotated[str, typer.Option(help="Time zone of naive timestamps")] = s.DEFAULT_TZ,
+    days: Annotated[int, typer.Option(help="Simulated days")] = 60,
+    couriers: Annotated[int, typer.Option(help="Simulated couriers")] = 60,
+    seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
+) -> None:
+    """The main job end to end: simulate (or ingest your data), validate, build demand tables."""
+    from doorstep.pipeline import MainOptions, run_main
+
+    options = MainOptions(out, data, format, mapping, tz, days, couriers, seed)
+    start = time.perf_counter()
+    try:
+        result = run_main(options, report=lambda msg: console.print(f"[cyan]>[/] {msg}"))
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title="doorstep main job", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("rows read / valid", f"{result.n_input:,} / {result.n_valid:,}")
+    table.add_row("routes / zones", f"{result.n_routes:,} / {result.n_zones:,}")
+    for reason, n in result.quarantine_counts.items():
+        table.add_row(f"quarantined: {reason}", f"{n:,}")
+    table.add_row("deliveries", str(result.deliveries))
+    table.add_row("demand (hourly, daily)", f"{result.demand_hourly}, {result.demand_daily}")
+    table.add_row("seconds", f"{time.perf_counter() - start:.1f}")
+    console.print(table)
 
 
 def write_json(path: Path, payload: dict[str, object]) -> None:

@@ -75,7 +75,10 @@ def coerce_deliveries(frame: pd.DataFrame, tz: str, issues: Issues) -> pd.DataFr
             num = pd.to_numeric(raw, errors="coerce")
             bad = present & num.isna().to_numpy()
             if col.kind == "int":
-                frac = np.isfinite(num.to_numpy(dtype=float, na_value=np.nan)) & (num % 1 != 0).fillna(False).to_numpy()
+                frac = (
+                    np.isfinite(num.to_numpy(dtype=float, na_value=np.nan))
+                    & (num % 1 != 0).fillna(False).to_numpy()
+                )
                 bad |= frac
                 num = num.where(~frac)
                 issues.add(f"{col.name}: not an integer", bad)

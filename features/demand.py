@@ -120,7 +120,9 @@ def complete_demand(table: pd.DataFrame, freq: str) -> pd.DataFrame:
     span = summed.groupby(s.ZONE_ID, sort=True)[s.TS].agg(["min", "max"])
     n = ((span["max"] - span["min"]) // step).astype(np.int64) + 1
     zones = np.repeat(span.index.to_numpy(), n.to_numpy())
-    offsets = np.arange(int(n.sum())) - np.repeat(np.cumsum(n.to_numpy()) - n.to_numpy(), n.to_numpy())
+    offsets = np.arange(int(n.sum())) - np.repeat(
+        np.cumsum(n.to_numpy()) - n.to_numpy(), n.to_numpy()
+    )
     starts = np.repeat(span["min"].to_numpy(), n.to_numpy())
     grid = pd.DataFrame({s.ZONE_ID: zones, s.TS: starts + offsets * step.to_timedelta64()})
     full = grid.merge(summed, on=[s.ZONE_ID, s.TS], how="left")

@@ -19,7 +19,9 @@ def haversine_km(
     return np.asarray(2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))))
 
 
-def offset_deg(lat0: float, dx_km: npt.ArrayLike, dy_km: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+def offset_deg(
+    lat0: float, dx_km: npt.ArrayLike, dy_km: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray]:
     """Degrees of (lat, lng) for planar offsets in km around latitude ``lat0`` (small areas)."""
     dlat = np.asarray(dy_km, dtype=np.float64) / 110.574
     dlng = np.asarray(dx_km, dtype=np.float64) / (111.320 * np.cos(np.radians(lat0)))

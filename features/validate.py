@@ -68,7 +68,9 @@ class ValidationResult:
         return len(self.quarantine)
 
 
-def validate_deliveries(adapted: Adapted, config: ValidationConfig | None = None) -> ValidationResult:
+def validate_deliveries(
+    adapted: Adapted, config: ValidationConfig | None = None
+) -> ValidationResult:
     """Check every row of an adapted source; split it into valid rows and quarantine."""
     config = config or ValidationConfig()
     df = adapted.deliveries.reset_index(drop=True)

@@ -24,7 +24,9 @@ def h3_cells(lat: pd.Series, lng: pd.Series, resolution: int = DEFAULT_H3_RESOLU
     if not ok.any():
         return out
     uniq = frame[ok].drop_duplicates()
-    cells = [h3.latlng_to_cell(a, b, resolution) for a, b in zip(uniq["lat"], uniq["lng"], strict=True)]
+    cells = [
+        h3.latlng_to_cell(a, b, resolution) for a, b in zip(uniq["lat"], uniq["lng"], strict=True)
+    ]
     lookup = uniq.assign(cell=cells)
     merged = frame[ok].merge(lookup, on=["lat", "lng"], how="left")
     out[ok.to_numpy()] = merged["cell"].to_numpy()

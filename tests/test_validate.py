@@ -16,7 +16,9 @@ from features.issues import MissingColumnsError
 TZ = "Asia/Shanghai"
 
 
-def route(n: int = 5, route_id: str = "r1", courier: str = "c1", start: str = "2021-06-01 09:00") -> pd.DataFrame:
+def route(
+    n: int = 5, route_id: str = "r1", courier: str = "c1", start: str = "2021-06-01 09:00"
+) -> pd.DataFrame:
     """A plausible route: stops ~300 m apart, 6 minutes apart, all ready at dispatch."""
     t0 = pd.Timestamp(start, tz=TZ)
     arrivals = [t0 + pd.Timedelta(minutes=10 + 6 * i) for i in range(n)]
@@ -62,7 +64,9 @@ def test_missing_required_columns_is_an_error_naming_them() -> None:
         (s.PACKAGES, 0, v.MSG_PACKAGES),
     ],
 )
-def test_single_bad_value_is_quarantined_with_pinned_reason(column: str, value: object, message: str) -> None:
+def test_single_bad_value_is_quarantined_with_pinned_reason(
+    column: str, value: object, message: str
+) -> None:
     frame = route()
     frame[column] = frame[column].astype(object)
     frame.loc[2, column] = value
