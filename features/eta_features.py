@@ -1,0 +1,265 @@
+"""The ETA feature set ``eta_v1``: declared names, fitted profiles, one transform for both paths.
+
+``EtaFeaturizer.fit`` learns point-in-time profiles from the training window's deliveries
+(courier pace, a courier's habits per area, area habits, zone speed by hour of week);
+``transform`` turns a ``QueryBatch`` (from history or from a request) into a float matrix whose
+columns are ``feature_names(mode)``. Training and serving call the same ``transform``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from features import schema as s
+from features.eta_queries import QueryBatch, segment_rank
+from features.geo import haversine_km
+from features.profiles import PointInTimeProfile, local_clock_min, local_day
+
+FEATURE_SET = "eta_v1"
+Mode = Literal["ordered", "unordered"]
+MODES: tuple[Mode, ...] = ("ordered", "unordered")
+FloatArray = npt.NDArray[np.float64]
+
+COMMON_FEATURES: tuple[str, ...] = (
+    "dist_km", "dist_depot_km", "n_remaining", "rank_dist", "rank_dist_frac",
+    "clock_min", "weekday", "elapsed_min", "n_done", "km_done", "today_min_per_stop",
+    "today_pace_ratio", "ready_min", "packages", "stop_type", "vehicle",
+    "same_aoi_as_last", "n_same_aoi", "aoi_done",
+    "courier_km_per_min", "courier_min_per_stop", "courier_days", "est_speed_min",
+    "habit_clock_delta", "habit_rank_frac", "habit_n", "aoi_clock_delta", "aoi_rank_frac", "aoi_n",
+    "zone_min_per_km", "zone_gap_min", "zone_service_min",
+    "dist_centroid_km", "centroid_km", "pseudo_seq", "pseudo_seq_frac", "pseudo_path_km",
+    "pseudo_est_min",
+)  # fmt: skip
+ORDERED_FEATURES: tuple[str, ...] = (
+    "seq", "seq_frac", "path_km", "path_est_min", "seq_est_min", "planned_min",
+)  # fmt: skip
+CATEGORICAL: tuple[str, ...] = ("stop_type", "vehicle")
+
+
+def feature_names(mode: Mode) -> list[str]:
+    """The columns of the feature matrix for ``mode`` (pinned by tests)."""
+    if mode == "ordered":
+        return [*COMMON_FEATURES, *ORDERED_FEATURES]
+    if mode == "unordered":
+        return list(COMMON_FEATURES)
+    raise ValueError(f"mode: must be 'ordered' or 'unordered', got {mode!r}")
+
+
+class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
+    """Fits the profiles of ``eta_v1`` on a training window; transforms query batches."""
+
+    def __init__(self, prior: float = 5.0) -> None:
+        self.prior = prior
+
+    def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
+        routes, stops, legs = _profile_events(deliveries)
+        self.courier_ = PointInTimeProfile(("path_km", "active_min", "legs"), self.prior).fit(
+            routes
+        )
+        habit_stats = ("clock_min", "rank_frac")
+        self.courier_aoi_ = PointInTimeProfile(habit_stats, self.prior).fit(
+            stops.assign(key=stops["ca"])
+        )
+        self.aoi_ = PointInTimeProfile(habit_stats, self.prior).fit(stops.assign(key=stops["aoi"]))
+        leg_stats = ("leg_km", "leg_min", "service_min", "n_service")
+        self.zone_how_ = PointInTimeProfile(leg_stats, self.prior).fit(legs)
+        self.stop_types_ = pd.Index(sorted(deliveries[s.STOP_TYPE].dropna().astype(str).unique()))
+        self.vehicles_ = pd.Index(sorted(deliveries[s.VEHICLE_TYPE].dropna().astype(str).unique()))
+        arrival = deliveries[s.ARRIVAL_TIME]
+        self.window_ = (str(arrival.min()), str(arrival.max()))
+        self.feature_set_ = FEATURE_SET
+        return self
+
+    def transform(self, batch: QueryBatch, mode: Mode) -> npt.NDArray[np.float32]:
+        """The feature matrix (targets x ``feature_names(mode)``) of a query batch."""
+        check_is_fitted(self, "courier_")
+        cols = self._common(batch)
+        if mode == "ordered":
+            cols.update(self._ordered(batch, cols))
+        names = feature_names(mode)
+        return np.column_stack([cols[n] for n in names]).astype(np.float32)
+
+    def _common(self, b: QueryBatch) -> dict[str, FloatArray]:
+        q = b.t_query
+        n_rem = np.bincount(q, minlength=b.n_queries).astype(np.float64)
+        dist = haversine_km(b.q_lat[q], b.q_lng[q], b.t_lat, b.t_lng)
+        rank = segment_rank(q, dist).astype(np.float64)
+        day, clock = b.q_day[q], b.q_clock_min[q]
+        courier = self.courier_.lookup(b.q_courier, b.q_day)
+        km_per_min = courier.ratio("path_km", "active_min")
+        min_per_stop = courier.ratio("active_min", "legs")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            today_mps = np.where(b.q_n_done > 0, b.q_elapsed_min / b.q_n_done, np.nan)
+            est_speed = dist / km_per_min[q]
+        has_aoi = b.t_aoi != ""
+        ca = self.courier_aoi_.lookup(b.q_courier[q] + "|" + b.t_aoi, day)
+        aoi = self.aoi_.lookup(b.t_aoi, day)
+        how = (b.q_weekday * 24 + (b.q_clock_min // 60).astype(np.int64))[q]
+        zone = self.zone_how_.lookup(b.t_zone + "|" + how.astype(str), day)
+        habit_clock = np.where(has_aoi & (ca.n > 0), ca.mean("clock_min"), aoi.mean("clock_min"))
+        pseudo_key = np.where(np.isfinite(habit_clock), habit_clock, clock + 10.0 * dist)
+        pseudo = segment_rank(q, pseudo_key)
+        pseudo_path = _path_along(q, pseudo, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        cen_lat = np.bincount(q, b.t_lat, b.n_queries) / np.maximum(n_rem, 1)
+        cen_lng = np.bincount(q, b.t_lng, b.n_queries) / np.maximum(n_rem, 1)
+        same_aoi = _count_same(q, b.t_aoi) - 1.0
+        return {
+            "dist_km": dist,
+            "dist_depot_km": haversine_km(b.q_depot_lat[q], b.q_depot_lng[q], b.t_lat, b.t_lng),
+            "n_remaining": n_rem[q],
+            "rank_dist": rank,
+            "rank_dist_frac": rank / n_rem[q],
+            "clock_min": clock,
+            "weekday": b.q_weekday[q].astype(np.float64),
+            "elapsed_min": b.q_elapsed_min[q],
+            "n_done": b.q_n_done[q],
+            "km_done": b.q_km_done[q],
+            "today_min_per_stop": today_mps[q],
+            "today_pace_ratio": (today_mps / min_per_stop)[q],
+            "ready_min": b.t_ready_min,
+            "packages": b.t_packages,
+            "stop_type": _codes(self.stop_types_, b.t_stop_type),
+            "vehicle": _codes(self.vehicles_, b.q_vehicle)[q],
+            "same_aoi_as_last": np.where(
+                has_aoi, (b.t_aoi == b.q_last_aoi[q]).astype(float), np.nan
+            ),
+            "n_same_aoi": np.where(has_aoi, same_aoi, np.nan),
+            "aoi_done": b.t_aoi_done,
+            "courier_km_per_min": km_per_min[q],
+            "courier_min_per_stop": min_per_stop[q],
+            "courier_days": courier.n[q],
+            "est_speed_min": est_speed,
+            "habit_clock_delta": np.where(has_aoi, ca.mean("clock_min") - clock, np.nan),
+            "habit_rank_frac": np.where(has_aoi, ca.mean("rank_frac"), np.nan),
+            "habit_n": np.where(has_aoi, ca.n, np.nan),
+            "aoi_clock_delta": np.where(has_aoi, aoi.mean("clock_min") - clock, np.nan),
+            "aoi_rank_frac": np.where(has_aoi, aoi.mean("rank_frac"), np.nan),
+            "aoi_n": np.where(has_aoi, aoi.n, np.nan),
+            "zone_min_per_km": zone.ratio("leg_min", "leg_km"),
+            "zone_gap_min": zone.mean("leg_min"),
+            "zone_service_min": zone.ratio("service_min", "n_service"),
+            "dist_centroid_km": haversine_km(cen_lat[q], cen_lng[q], b.t_lat, b.t_lng),
+            "centroid_km": haversine_km(b.q_lat, b.q_lng, cen_lat, cen_lng)[q],
+            "pseudo_seq": pseudo.astype(np.float64),
+            "pseudo_seq_frac": pseudo / n_rem[q],
+            "pseudo_path_km": pseudo_path,
+            "pseudo_est_min": pseudo_path / km_per_min[q] + pseudo * min_per_stop[q],
+            "_km_per_min": km_per_min[q],
+            "_min_per_stop": min_per_stop[q],
+        }
+
+    def _ordered(self, b: QueryBatch, cols: dict[str, FloatArray]) -> dict[str, FloatArray]:
+        q = b.t_query
+        seq = b.t_seq.astype(np.float64)
+        path = _path_along(q, b.t_seq, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        return {
+            "seq": seq,
+            "seq_frac": seq / cols["n_remaining"],
+            "path_km": path,
+            "path_est_min": path / cols["_km_per_min"],
+            "seq_est_min": (seq + 1.0) * cols["_min_per_stop"],
+            "planned_min": b.t_planned_min,
+        }
+
+
+def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
+    codes = vocab.get_indexer(values.astype(str)).astype(np.float64)
+    codes[codes < 0] = np.nan  # unseen category: LightGBM treats it as missing
+    return codes
+
+
+def _count_same(group: npt.NDArray[np.int64], values: npt.NDArray[np.object_]) -> FloatArray:
+    """How many targets of the same query share each target's value."""
+    key = pd.factorize(pd.Series(group.astype(str)) + "|" + pd.Series(values.astype(str)))[0]
+    return np.bincount(key)[key].astype(np.float64)
+
+
+def _path_along(
+    group: npt.NDArray[np.int64],
+    seq: npt.NDArray[np.int64],
+    q_lat: FloatArray,
+    q_lng: FloatArray,
+    lat: FloatArray,
+    lng: FloatArray,
+) -> FloatArray:
+    """Km from the query position through the targets in ``seq`` order up to each target."""
+    order = np.lexsort((seq, group))
+    g, la, lo = group[order], lat[order], lng[order]
+    first = np.r_[True, g[1:] != g[:-1]]
+    prev_lat = np.where(first, q_lat[g], np.r_[np.nan, la[:-1]])
+    prev_lng = np.where(first, q_lng[g], np.r_[np.nan, lo[:-1]])
+    leg = np.nan_to_num(haversine_km(prev_lat, prev_lng, la, lo))
+    cum = np.cumsum(leg)
+    start_idx = np.flatnonzero(first)
+    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(g)]))
+    before = cum[seg_start] - leg[seg_start]
+    out = np.empty(len(group))
+    out[order] = cum - before
+    return out
+
+
+def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Route-, stop- and leg-level events of the training window for the profiles."""
+    d = d.sort_values([s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable").reset_index(drop=True)
+    route = d[s.ROUTE_ID].to_numpy()
+    first = np.r_[True, route[1:] != route[:-1]]
+    arrival_min = d[s.ARRIVAL_TIME].astype("int64").to_numpy() / 6e10
+    lat, lng = d[s.LAT].to_numpy(float), d[s.LNG].to_numpy(float)
+    leg_km = np.where(
+        first, np.nan, haversine_km(np.r_[np.nan, lat[:-1]], np.r_[np.nan, lng[:-1]], lat, lng)
+    )
+    leg_min = np.where(first, np.nan, np.diff(arrival_min, prepend=np.nan))
+    day = local_day(d[s.DISPATCH_TIME])
+    grouped = pd.DataFrame({"route": route, "km": leg_km, "t": arrival_min}).groupby(
+        "route", sort=False
+    )
+    per_route = grouped.agg(
+        path_km=("km", "sum"), t0=("t", "min"), t1=("t", "max"), n=("t", "size")
+    )
+    first_rows = d.loc[first, [s.ROUTE_ID, s.COURIER_ID]].set_index(s.ROUTE_ID)
+    routes = pd.DataFrame(
+        {
+            "key": first_rows.loc[per_route.index, s.COURIER_ID].astype(str).to_numpy(),
+            "day": day[first],
+            "path_km": per_route["path_km"].to_numpy(),
+            "active_min": (per_route["t1"] - per_route["t0"]).to_numpy(),
+            "legs": (per_route["n"] - 1).to_numpy(dtype=float),
+        }
+    )
+    routes = routes[(routes["legs"] >= 1) & (routes["active_min"] > 0)]
+    pos = np.arange(len(d)) - np.repeat(
+        np.flatnonzero(first), np.diff(np.r_[np.flatnonzero(first), len(d)])
+    )
+    n_route = d.groupby(s.ROUTE_ID, sort=False)[s.STOP_ID].transform("size").to_numpy()
+    aoi = d[s.AOI_ID].astype("string").fillna("").to_numpy(dtype=object)
+    stops = pd.DataFrame(
+        {
+            "ca": d[s.COURIER_ID].astype(str).to_numpy(dtype=object) + "|" + aoi,
+            "aoi": aoi,
+            "day": local_day(d[s.ARRIVAL_TIME]),
+            "clock_min": local_clock_min(d[s.ARRIVAL_TIME]),
+            "rank_frac": pos / np.maximum(n_route - 1, 1),
+        }
+    )[aoi != ""]
+    arr = d[s.ARRIVAL_TIME]
+    naive = arr.dt.tz_localize(None)
+    prev_how = np.r_[-1, (naive.dt.weekday * 24 + naive.dt.hour).to_numpy()[:-1]]
+    service = (d[s.DEPARTURE_TIME] - d[s.ARRIVAL_TIME]).dt.total_seconds().to_numpy() / 60
+    legs = pd.DataFrame(
+        {
+            "key": d[s.ZONE_ID].astype(str).to_numpy(dtype=object) + "|" + prev_how.astype(str),
+            "day": local_day(arr),
+            "leg_km": leg_km,
+            "leg_min": leg_min,
+            "service_min": np.nan_to_num(service),
+            "n_service": np.isfinite(service).astype(float),
+        }
+    )[~first]
+    return routes, stops, legs

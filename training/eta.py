@@ -1,0 +1,251 @@
+"""Train the ETA bundle: time-split windows, LightGBM quantile boosters, conformal calibration.
+
+Windows (by the route's local date, never a random split):
+    fit  = [start, calibration start)      profiles + boosters (last ``valid_days`` early-stop)
+    cal  = [test_from - calib_days, test_from)   conformal offsets per horizon bucket
+Profiles are point-in-time, so every row (training, calibration, test) sees only days before
+its own; boosters never see the calibration days, which keeps the conformal guarantee honest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from doorstep.eta_bundle import QUANTILES, EtaBundle, ModeModel, horizon_bucket
+from features import schema as s
+from features.eta_features import CATEGORICAL, MODES, EtaFeaturizer, Mode, feature_names
+from features.eta_queries import QueryBatch, queries_from_deliveries
+from features.profiles import local_day
+
+
+@dataclass(frozen=True)
+class BoosterParams:
+    """LightGBM settings shared by the quantile boosters (tuned by ``doorstep tune eta``)."""
+
+    learning_rate: float = 0.05
+    num_leaves: int = 63
+    min_child_samples: int = 40
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    max_bin: int = 255
+    n_estimators: int = 600
+    early_stopping_rounds: int = 50
+
+
+@dataclass(frozen=True)
+class EtaConfig:
+    """How to train the ETA model; defaults run on one machine."""
+
+    booster: BoosterParams = field(default_factory=BoosterParams)
+    calib_days: int = 14
+    valid_days: int = 7
+    refit_full: bool = True  # after early stopping, refit on the whole fit window
+    coverage: float = 0.8  # nominal P10-P90 coverage
+    max_train_queries: int = 60_000  # random queries kept for training (all routes' days)
+    seed: int = 7
+    num_threads: int = 2
+    modes: tuple[str, ...] = MODES
+
+
+@dataclass(frozen=True)
+class Split:
+    """Route dates of each window (local days, half-open)."""
+
+    fit_end: int
+    test_from: int
+    valid_from: int
+
+
+@dataclass(frozen=True)
+class EtaTrainResult:
+    bundle: EtaBundle
+    split: Split
+    best_iterations: dict[str, int]
+    fit_seconds: float
+    n_train_rows: dict[str, int]
+    calibration: dict[str, list[float]]
+
+
+def route_day(batch: QueryBatch) -> npt.NDArray[np.int64]:
+    """Local date of each query's route (queries of one route share its dispatch day)."""
+    return batch.q_day
+
+
+def day_of(date: str | pd.Timestamp) -> int:
+    return int((pd.Timestamp(date).normalize() - pd.Timestamp("1970-01-01")).days)
+
+
+def make_split(deliveries: pd.DataFrame, test_from: int, config: EtaConfig) -> Split:
+    days = np.unique(local_day(deliveries[s.DISPATCH_TIME]))
+    days = days[days < test_from]
+    if len(days) < config.calib_days + config.valid_days + 7:
+        raise ValueError(
+            f"need at least {config.calib_days + config.valid_days + 7} days before the test "
+            f"window for fit, validation and calibration; got {len(days)}"
+        )
+    fit_end = test_from - config.calib_days
+    return Split(fit_end=fit_end, test_from=test_from, valid_from=fit_end - config.valid_days)
+
+
+def _subsample(batch: QueryBatch, keep_max: int, rng: np.random.Generator) -> QueryBatch:
+    if batch.n_queries <= keep_max:
+        return batch
+    keep = np.zeros(batch.n_queries, dtype=bool)
+    keep[rng.choice(batch.n_queries, size=keep_max, replace=False)] = True
+    return batch.take_queries(keep)
+
+
+def _lgb_params(p: BoosterParams, alpha: float, seed: int, threads: int) -> dict[str, Any]:
+    return {
+        "objective": "quantile",
+        "alpha": alpha,
+        "learning_rate": p.learning_rate,
+        "num_leaves": p.num_leaves,
+        "min_child_samples": p.min_child_samples,
+        "feature_fraction": p.feature_fraction,
+        "bagging_fraction": p.bagging_fraction,
+        "bagging_freq": 1,
+        "lambda_l2": p.lambda_l2,
+        "max_bin": p.max_bin,
+        "seed": seed,
+        "num_threads": threads,
+        "verbosity": -1,
+    }
+
+
+def fit_mode(
+    featurizer: EtaFeaturizer,
+    train: QueryBatch,
+    valid: QueryBatch,
+    mode: Mode,
+    config: EtaConfig,
+    callbacks: list[Any] | None = None,
+) -> tuple[ModeModel, int]:
+    """Quantile boosters for one mode; early stopping on the validation days' P50 loss."""
+    names = feature_names(mode)
+    cats = [n for n in CATEGORICAL if n in names]
+    X_tr, X_va = featurizer.transform(train, mode), featurizer.transform(valid, mode)
+    boosters: dict[float, lgb.Booster] = {}
+    best = config.booster.n_estimators
+    for alpha in sorted(QUANTILES, key=lambda a: a != 0.5):  # the median first sets the rounds
+        params = _lgb_params(config.booster, alpha, config.seed, config.num_threads)
+        dtrain = lgb.Dataset(
+            X_tr,
+            train.t_label_min,
+            feature_name=names,
+            categorical_feature=cats,
+            free_raw_data=False,
+        )
+        if alpha == 0.5:
+            dvalid = lgb.Dataset(X_va, valid.t_label_min, reference=dtrain)
+            cbs = [lgb.early_stopping(config.booster.early_stopping_rounds, verbose=False)]
+            booster = lgb.train(
+                params,
+                dtrain,
+                config.booster.n_estimators,
+                valid_sets=[dvalid],
+                callbacks=cbs + (callbacks or []),
+            )
+            best = max(booster.best_iteration or config.booster.n_estimators, 10)
+            if not config.refit_full:
+                boosters[alpha] = booster
+                continue
+        if config.refit_full:
+            X_all = np.vstack([X_tr, X_va])
+            y_all = np.r_[train.t_label_min, valid.t_label_min]
+            dtrain = lgb.Dataset(X_all, y_all, feature_name=names, categorical_feature=cats)
+        boosters[alpha] = lgb.train(params, dtrain, best)
+    return ModeModel(boosters=boosters), best
+
+
+def conformal_offsets(
+    raw_p10: npt.NDArray[np.float64],
+    raw_p50: npt.NDArray[np.float64],
+    raw_p90: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    coverage: float,
+) -> list[float]:
+    """Conformalised quantile regression per horizon bucket (Mondrian CQR).
+
+    The score is how far the actual lies outside [P10, P90] (negative inside); the offset is
+    its finite-sample (1 - alpha)(1 + 1/n) quantile, so widened windows cover ``coverage`` of
+    exchangeable new rows in each bucket. A negative offset narrows a too-wide window.
+    """
+    score = np.maximum(raw_p10 - y, y - raw_p90)
+    bucket = horizon_bucket(raw_p50)
+    overall = _cq(score, coverage)
+    out = []
+    for b in range(4):
+        sb = score[bucket == b]
+        out.append(_cq(sb, coverage) if len(sb) >= 50 else overall)
+    return out
+
+
+def _cq(score: npt.NDArray[np.float64], coverage: float) -> float:
+    n = len(score)
+    if n == 0:
+        return 0.0
+    level = min(1.0, np.ceil((n + 1) * coverage) / n)
+    return float(np.quantile(score, level, method="higher"))
+
+
+def train_eta(
+    deliveries: pd.DataFrame,
+    test_from: str | pd.Timestamp,
+    config: EtaConfig | None = None,
+    *,
+    batch: QueryBatch | None = None,
+) -> EtaTrainResult:
+    """Fit profiles, boosters and calibration on everything before ``test_from``."""
+    config = config or EtaConfig()
+    start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    t_from = day_of(test_from)
+    history = deliveries[local_day(deliveries[s.DISPATCH_TIME]) < t_from]
+    split = make_split(history, t_from, config)
+    featurizer = EtaFeaturizer().fit(history)
+    batch = batch if batch is not None else queries_from_deliveries(history)
+    day = route_day(batch)
+    fit_b = _subsample(batch.take_queries(day < split.valid_from), config.max_train_queries, rng)
+    valid_b = batch.take_queries((day >= split.valid_from) & (day < split.fit_end))
+    cal_b = batch.take_queries((day >= split.fit_end) & (day < t_from))
+    modes: dict[str, ModeModel] = {}
+    best: dict[str, int] = {}
+    calibration: dict[str, list[float]] = {}
+    for mode in config.modes:
+        model, best[mode] = fit_mode(featurizer, fit_b, valid_b, mode, config)  # type: ignore[arg-type]
+        bundle = EtaBundle(featurizer, {mode: model}, num_threads=config.num_threads)
+        raw = bundle.raw(cal_b, mode)  # type: ignore[arg-type]
+        model.conformal = conformal_offsets(
+            raw.p10, raw.p50, raw.p90, cal_b.t_label_min, config.coverage
+        )
+        calibration[mode] = model.conformal
+        modes[mode] = model
+    window = (str(history[s.DISPATCH_TIME].min()), str(history[s.DISPATCH_TIME].max()))
+    bundle = EtaBundle(featurizer, modes, training_window=window, num_threads=1)
+    return EtaTrainResult(
+        bundle=bundle,
+        split=split,
+        best_iterations=best,
+        fit_seconds=time.perf_counter() - start,
+        n_train_rows={
+            "fit": fit_b.n_targets,
+            "valid": valid_b.n_targets,
+            "calibration": cal_b.n_targets,
+        },
+        calibration=calibration,
+    )
+
+
+def with_booster(config: EtaConfig, **params: Any) -> EtaConfig:
+    """A copy of ``config`` with some booster parameters replaced (used by tuning)."""
+    return dataclasses.replace(config, booster=dataclasses.replace(config.booster, **params))
