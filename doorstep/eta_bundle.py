@@ -80,10 +80,7 @@ def finish(
     raw: EtaPrediction, batch: QueryBatch, mode: Mode, conformal: list[float]
 ) -> EtaPrediction:
     """Widen by the conformal offsets, keep P10 >= 0, no crossing, monotone when ordered."""
-    if conformal:
-        offset = np.asarray(conformal)[horizon_bucket(raw.p50)]
-    else:
-        offset = np.zeros_like(raw.p50)
+    offset = np.asarray(conformal)[horizon_bucket(raw.p50)] if conformal else np.zeros_like(raw.p50)
     p10 = np.maximum(raw.p10 - offset, 0.0)
     p50 = np.maximum(raw.p50, 0.0)
     p90 = raw.p90 + offset
