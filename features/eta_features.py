@@ -55,8 +55,9 @@ def feature_names(mode: Mode) -> list[str]:
 class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
     """Fits the profiles of ``eta_v1`` on a training window; transforms query batches."""
 
-    def __init__(self, prior: float = 5.0) -> None:
+    def __init__(self, prior: float = 5.0, h3_resolution: int = s.DEFAULT_H3_RESOLUTION) -> None:
         self.prior = prior
+        self.h3_resolution = h3_resolution
 
     def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
         routes, stops, legs = _profile_events(deliveries)
@@ -73,6 +74,7 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         self.stop_types_ = pd.Index(sorted(deliveries[s.STOP_TYPE].dropna().astype(str).unique()))
         self.vehicles_ = pd.Index(sorted(deliveries[s.VEHICLE_TYPE].dropna().astype(str).unique()))
         arrival = deliveries[s.ARRIVAL_TIME]
+        self.tz_ = str(arrival.dt.tz)
         self.window_ = (str(arrival.min()), str(arrival.max()))
         self.feature_set_ = FEATURE_SET
         return self
