@@ -49,7 +49,7 @@ def to_timestamp(values: pd.Series, tz: str) -> pd.Series:
 
 def null_column(col: schema.Column, index: pd.Index, tz: str) -> pd.Series:
     """An all-null column at the contract dtype of ``col``."""
-    return pd.Series([None] * len(index), index=index).astype(schema.pandas_dtype(col, tz))  # type: ignore[call-overload]
+    return pd.Series(index=index, dtype=schema.pandas_dtype(col, tz))  # type: ignore[call-overload]
 
 
 def coerce_deliveries(frame: pd.DataFrame, tz: str, issues: Issues) -> pd.DataFrame:
