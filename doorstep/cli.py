@@ -208,6 +208,48 @@ def demo(
     console.print(table)
 
 
+benchmark_app = typer.Typer(help="Reproducible benchmarks (their interfaces are contracts).", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("eta")
+def benchmark_eta(
+    data: Annotated[Path, typer.Option(help="Deliveries: a LaDe-D file or a contract Parquet")],
+    test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD (split by courier-day date)")],
+    out: Annotated[Path, typer.Option(help="results.json")] = Path("results.json"),
+    format: Annotated[str, typer.Option("--format", help="lade | parquet")] = "parquet",
+    config: Annotated[Path | None, typer.Option(help="ETA config YAML")] = None,
+    year: Annotated[int, typer.Option(help="Year of LaDe's year-less dates")] = 2021,
+    tz: Annotated[str, typer.Option(help="Local time zone of the data")] = s.DEFAULT_TZ,
+) -> None:
+    """Train before --test-from, evaluate both protocols and every baseline on the rest."""
+    from doorstep.config import load_yaml
+    from training.benchmark_eta import load_for_benchmark, run_eta_benchmark
+    from training.eta import EtaConfig
+
+    try:
+        cfg = load_yaml(EtaConfig, config)
+        with console.status(f"loading {data}"):
+            deliveries, info = load_for_benchmark(data, format, year=year, tz=tz)
+        with console.status("building queries, training, calibrating, evaluating"):
+            bench = run_eta_benchmark(deliveries, test_from, cfg, info)
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    write_json(out, bench.results)
+    table = Table(title=f"ETA benchmark, test from {test_from} -> {out}", title_justify="left")
+    for col in ("protocol", "rows", "MAE", "ACC@20", "cover", "width", "xSPEED", "best baseline", "x best"):
+        table.add_column(col, justify="right")
+    for mode, p in bench.results["protocols"].items():
+        m = p["model"]
+        table.add_row(
+            mode, f"{p['n_rows']:,}", f"{m['mae_min']:.2f}", f"{m['acc20']:.3f}", f"{m['coverage_p10_p90']:.3f}",
+            f"{m['width_min']:.1f}", f"{p['mae_ratio_to_speed']:.3f}", p["best_baseline"],
+            f"{p['mae_ratio_to_best_baseline']:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"fit_seconds {bench.results['fit_seconds']:.1f}")
+
+
 def write_json(path: Path, payload: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")

@@ -35,7 +35,8 @@ COMMON_FEATURES: tuple[str, ...] = (
     "habit_clock_delta", "habit_rank_frac", "habit_n", "aoi_clock_delta", "aoi_rank_frac", "aoi_n",
     "zone_min_per_km", "zone_gap_min", "zone_service_min",
     "dist_centroid_km", "centroid_km", "pseudo_seq", "pseudo_seq_frac", "pseudo_path_km",
-    "pseudo_est_min",
+    "pseudo_est_min", "last_habit_delta", "habit_gap_min", "habit_rank_gap", "pseudo_rank_seq",
+    "pseudo_rank_path_km",
 )  # fmt: skip
 ORDERED_FEATURES: tuple[str, ...] = (
     "seq", "seq_frac", "path_km", "path_est_min", "seq_est_min", "planned_min",
@@ -106,7 +107,18 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         how = (b.q_weekday * 24 + (b.q_clock_min // 60).astype(np.int64))[q]
         zone = self.zone_how_.lookup(b.t_zone + "|" + how.astype(str), day)
         habit_clock = np.where(has_aoi & (ca.n > 0), ca.mean("clock_min"), aoi.mean("clock_min"))
+        habit_rank = np.where(has_aoi & (ca.n > 0), ca.mean("rank_frac"), aoi.mean("rank_frac"))
+        has_last = b.q_last_aoi != ""
+        last_ca = self.courier_aoi_.lookup(b.q_courier + "|" + b.q_last_aoi, b.q_day)
+        last_aoi = self.aoi_.lookup(b.q_last_aoi, b.q_day)
+        last_clock = np.where(has_last & (last_ca.n > 0), last_ca.mean("clock_min"), last_aoi.mean("clock_min"))
+        last_clock = np.where(has_last, last_clock, np.nan)
+        last_rank = np.where(has_last & (last_ca.n > 0), last_ca.mean("rank_frac"), last_aoi.mean("rank_frac"))
+        last_rank = np.where(has_last, last_rank, np.nan)
         pseudo_key = np.where(np.isfinite(habit_clock), habit_clock, clock + 10.0 * dist)
+        rank_key = np.where(np.isfinite(habit_rank), habit_rank, 2.0 + dist)
+        pseudo_r = segment_rank(q, rank_key)
+        pseudo_r_path = _path_along(q, pseudo_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         pseudo = segment_rank(q, pseudo_key)
         pseudo_path = _path_along(q, pseudo, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         cen_lat = np.bincount(q, b.t_lat, b.n_queries) / np.maximum(n_rem, 1)
@@ -153,6 +165,11 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "pseudo_seq_frac": pseudo / n_rem[q],
             "pseudo_path_km": pseudo_path,
             "pseudo_est_min": pseudo_path / km_per_min[q] + pseudo * min_per_stop[q],
+            "last_habit_delta": (b.q_clock_min - last_clock)[q],
+            "habit_gap_min": np.where(has_aoi, habit_clock - last_clock[q], np.nan),
+            "habit_rank_gap": np.where(has_aoi, habit_rank - last_rank[q], np.nan),
+            "pseudo_rank_seq": pseudo_r.astype(np.float64),
+            "pseudo_rank_path_km": pseudo_r_path,
             "_km_per_min": km_per_min[q],
             "_min_per_stop": min_per_stop[q],
         }

@@ -36,7 +36,8 @@ class QueryBatch:
     q_courier: ObjArray
     q_vehicle: ObjArray
     q_time: FloatArray  # epoch seconds
-    q_day: IntArray  # local day number
+    q_day: IntArray  # local day number of the query moment
+    q_route_day: IntArray  # local day of the route's dispatch: the split key of backtests
     q_clock_min: FloatArray  # local minutes since midnight
     q_weekday: IntArray  # 0 = Monday
     q_lat: FloatArray
@@ -137,6 +138,7 @@ def queries_from_deliveries(
     keep = (ready[pair_row] <= q_time[pair_q]) & (label > 0) & (label <= max_label_min)
     pair_q, pair_row, label = pair_q[keep], pair_row[keep], label[keep]
     q_keep = np.bincount(pair_q, minlength=len(q_route_code)) > 0
+    q_keep &= np.isfinite(q_lat) & np.isfinite(q_lng)  # no known depot: no dispatch query
     if not q_keep.any():
         raise ValueError("no ETA queries: no route has stops in hand after a query moment")
 
@@ -158,6 +160,7 @@ def queries_from_deliveries(
         q_vehicle=_str(d[s.VEHICLE_TYPE])[row_of_k],
         q_time=q_time,
         q_day=local_day(times),
+        q_route_day=local_day(d[s.DISPATCH_TIME])[row_of_k],
         q_clock_min=local_clock_min(times),
         q_weekday=times.dt.weekday.to_numpy(dtype=np.int64),
         q_lat=q_lat,

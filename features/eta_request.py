@@ -141,6 +141,7 @@ def build_batch(routes: Sequence[RouteQuery], tz: str, zones: ZoneResolver) -> Q
         q_vehicle=np.array([(r.state.vehicle_type or "").lower() for r in routes], dtype=object),
         q_time=q_time,
         q_day=q_day,
+        q_route_day=q_day.copy(),
         q_clock_min=q_clock,
         q_weekday=q_wd,
         q_lat=np.array([r.state.lat for r in routes], dtype=np.float64),

@@ -38,7 +38,8 @@ class ProfileLookup:
     weight: FloatArray  # n + prior: divide a shrunk sum by this for a mean
 
     def mean(self, stat: str) -> FloatArray:
-        return self.sums[stat] / self.weight
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.sums[stat] / self.weight
 
     def ratio(self, numerator: str, denominator: str) -> FloatArray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,13 +74,11 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
         values = daily.to_numpy(dtype=np.float64)
         order = np.lexsort((days, codes))
         codes, days, values = codes[order], days[order], values[order]
-        cum = np.cumsum(values, axis=0)
-        # cumulative sums restart at each key: subtract the running total before the key began
-        first = np.r_[True, codes[1:] != codes[:-1]]
-        base = np.where(first[:, None], cum - values, np.nan)
-        base = pd.DataFrame(base).ffill().to_numpy()
+        # per-key running sums (not a global cumsum minus an offset: that would let float
+        # rounding of other keys' later days leak into a key's earlier values)
+        cum = pd.DataFrame(values).groupby(codes, sort=False).cumsum().to_numpy()
         self.composite_ = codes * _DAY_SPAN + days
-        self.cum_ = cum - base
+        self.cum_ = cum
         pooled = frame.groupby(DAY, sort=True)[[COUNT, *stats]].sum()
         self.pooled_days_ = pooled.index.to_numpy(dtype=np.int64)
         self.pooled_cum_ = np.cumsum(pooled.to_numpy(dtype=np.float64), axis=0)

@@ -77,7 +77,7 @@ class EtaTrainResult:
 
 def route_day(batch: QueryBatch) -> npt.NDArray[np.int64]:
     """Local date of each query's route (queries of one route share its dispatch day)."""
-    return batch.q_day
+    return batch.q_route_day
 
 
 def day_of(date: str | pd.Timestamp) -> int:

@@ -1,0 +1,110 @@
+"""ETA feature set eta_v1: pinned names, point-in-time profiles, no leakage, one code path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import schema as s
+from features.eta_features import EtaFeaturizer, feature_names
+from features.eta_queries import queries_from_deliveries
+from features.eta_request import ZoneResolver, build_batch, requests_from_deliveries
+from features.profiles import PointInTimeProfile
+from tests.synth import TZ, make_deliveries
+
+
+@pytest.fixture(scope="module")
+def deliveries() -> pd.DataFrame:
+    return make_deliveries(days=21, couriers=3, stops=6, seed=1)
+
+
+def test_feature_names_are_pinned() -> None:
+    unordered = feature_names("unordered")
+    assert unordered[:5] == ["dist_km", "dist_depot_km", "n_remaining", "rank_dist", "rank_dist_frac"]
+    assert len(unordered) == len(set(unordered)) == 43
+    assert feature_names("ordered") == [
+        *unordered,
+        "seq",
+        "seq_frac",
+        "path_km",
+        "path_est_min",
+        "seq_est_min",
+        "planned_min",
+    ]
+    with pytest.raises(ValueError, match="mode: must be 'ordered' or 'unordered', got 'zigzag'"):
+        feature_names("zigzag")  # type: ignore[arg-type]
+
+
+def test_point_in_time_profile_sees_only_earlier_days() -> None:
+    events = pd.DataFrame(
+        {"key": ["a", "a", "a", "b"], "day": [1, 2, 3, 2], "x": [10.0, 20.0, 30.0, 100.0]}
+    )
+    prof = PointInTimeProfile(stats=("x",), prior=0.0).fit(events)
+    look = prof.lookup(["a", "a", "a", "a", "b", "c"], [1, 2, 3, 9, 3, 3])
+    assert look.n.tolist() == [0, 1, 2, 3, 1, 0]
+    np.testing.assert_allclose(look.mean("x")[1:5], [10.0, 15.0, 20.0, 100.0])
+    # with a prior, an unseen key gets the pooled mean as of its day: (10 + 20 + 100) / 3
+    shrunk = PointInTimeProfile(stats=("x",), prior=2.0).fit(events).lookup(["c"], [3])
+    np.testing.assert_allclose(shrunk.mean("x"), [130.0 / 3])
+
+
+def test_training_queries_follow_the_protocol(deliveries: pd.DataFrame) -> None:
+    batch = queries_from_deliveries(deliveries)
+    routes = deliveries[s.ROUTE_ID].nunique()
+    # a dispatch query and one after each stop but the last (it leaves nothing in hand)
+    assert batch.n_queries == routes * 6
+    assert batch.n_targets == routes * (6 + 5 + 4 + 3 + 2 + 1)
+    assert np.all((batch.t_label_min > 0) & (batch.t_label_min <= 240))
+    first = batch.take_queries(np.arange(batch.n_queries) == 0)
+    assert first.q_n_done.tolist() == [0.0]
+    assert first.t_seq.tolist() == list(range(6))
+
+
+def test_leakage_rows_after_t_do_not_change_features_at_t(deliveries: pd.DataFrame) -> None:
+    t = pd.Timestamp("2021-06-12 12:00", tz=TZ)
+    batch = queries_from_deliveries(deliveries)
+    at_or_before = pd.to_datetime(batch.q_time, unit="s", utc=True) <= t
+    sub = batch.take_queries(np.asarray(at_or_before))
+    changed = deliveries.copy()
+    later = changed[s.ARRIVAL_TIME] > t
+    changed.loc[later, s.LAT] += 0.05
+    changed.loc[later, s.ARRIVAL_TIME] += pd.Timedelta(minutes=37)
+    extra = changed[later].assign(**{s.STOP_ID: lambda f: f[s.STOP_ID] + "-x"})
+    changed = pd.concat([changed, extra], ignore_index=True)
+    for mode in ("ordered", "unordered"):
+        a = EtaFeaturizer().fit(deliveries).transform(sub, mode)
+        b = EtaFeaturizer().fit(changed).transform(sub, mode)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_service_requests_give_the_training_features(deliveries: pd.DataFrame) -> None:
+    featurizer = EtaFeaturizer().fit(deliveries)
+    history = queries_from_deliveries(deliveries)
+    live = build_batch(requests_from_deliveries(deliveries), featurizer.tz_, ZoneResolver())
+    assert live.n_targets == history.n_targets
+    for mode in ("ordered", "unordered"):
+        names = feature_names(mode)
+        a = pd.DataFrame(featurizer.transform(history, mode), columns=names)
+        a["key"] = history.t_stop_id + "@" + np.round(history.q_time[history.t_query], 3).astype(str)
+        b = pd.DataFrame(featurizer.transform(live, mode), columns=names)
+        b["key"] = live.t_stop_id + "@" + np.round(live.q_time[live.t_query], 3).astype(str)
+        merged = a.merge(b, on="key", suffixes=("_train", "_serve"))
+        assert len(merged) == history.n_targets
+        for name in names:
+            np.testing.assert_allclose(
+                merged[f"{name}_train"], merged[f"{name}_serve"], rtol=1e-5, atol=1e-4, err_msg=name
+            )
+
+
+def test_unknown_courier_and_zone_fall_back(deliveries: pd.DataFrame) -> None:
+    featurizer = EtaFeaturizer().fit(deliveries)
+    last_route = deliveries[s.ROUTE_ID].iloc[-1]
+    live = requests_from_deliveries(deliveries[deliveries[s.ROUTE_ID] == last_route])
+    route = live[0]
+    stranger = type(route.state)(**{**route.state.__dict__, "courier_id": "new-courier", "vehicle_type": "hovercraft"})
+    batch = build_batch([type(route)(stranger, route.stops)], featurizer.tz_, ZoneResolver())
+    X = pd.DataFrame(featurizer.transform(batch, "unordered"), columns=feature_names("unordered"))
+    assert X["courier_days"].eq(0).all()
+    assert np.isfinite(X["courier_km_per_min"]).all()  # pooled pace, not NaN
+    assert X["vehicle"].isna().all()  # unseen category is missing, not an error
