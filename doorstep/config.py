@@ -88,3 +88,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+ENV_ARTIFACT_ROOT = "DOORSTEP_ARTIFACT_ROOT"
+
+
+def use_experiment(name: str) -> str:
+    """Set the active MLflow experiment, creating it with ``$DOORSTEP_ARTIFACT_ROOT/<name>`` as
+    its artifact location when that variable is set (else MLflow's default for the store).
+
+    Returns the experiment id. Keeps artifacts of a local store in one known place instead of
+    wherever the process happened to start.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is None:
+        root = os.environ.get(ENV_ARTIFACT_ROOT)
+        location = Path(root, name).resolve().as_uri() if root else None
+        exp_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = existing.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return str(exp_id)

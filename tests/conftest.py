@@ -32,4 +32,5 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A throwaway MLflow store for one test."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DOORSTEP_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     return uri

@@ -1,0 +1,104 @@
+"""ETA model: time split, calibrated windows, no crossing, monotone in ordered mode, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from doorstep.eta_bundle import EtaPrediction, finish, horizon_bucket
+from features.eta_queries import QueryBatch, queries_from_deliveries
+from tests.synth import make_deliveries
+from training.benchmark_eta import run_eta_benchmark
+from training.eta import BoosterParams, EtaConfig, conformal_offsets, make_split
+
+TINY = EtaConfig(
+    booster=BoosterParams(n_estimators=40, num_leaves=15, min_child_samples=10, early_stopping_rounds=10),
+    calib_days=7,
+    valid_days=4,
+    max_train_queries=5_000,
+    num_threads=1,
+)
+
+
+@pytest.fixture(scope="module")
+def bench() -> object:
+    deliveries = make_deliveries(days=36, couriers=4, stops=8, seed=3)
+    return run_eta_benchmark(deliveries, "2021-07-01", TINY)
+
+
+def test_horizon_buckets() -> None:
+    assert horizon_bucket([0, 29.9, 30, 59, 60, 119, 120, 500]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_split_needs_enough_history() -> None:
+    deliveries = make_deliveries(days=10, couriers=2, stops=5, seed=0)
+    with pytest.raises(ValueError, match="need at least 18 days before the test window"):
+        make_split(deliveries, 18_800, TINY)
+
+
+def test_conformal_offsets_reach_nominal_coverage() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.gamma(4.0, 15.0, 20_000)
+    p50 = y + rng.normal(0, 10, y.size)
+    p10, p90 = p50 - 5, p50 + 5  # far too narrow: calibration must widen
+    offsets = conformal_offsets(p10, p50, p90, y, 0.8)
+    assert all(o > 0 for o in offsets)
+    o = np.asarray(offsets)[horizon_bucket(p50)]
+    covered = (p10 - o <= y) & (y <= p90 + o)
+    assert abs(covered.mean() - 0.8) < 0.01
+    for b in range(4):
+        assert abs(covered[horizon_bucket(p50) == b].mean() - 0.8) < 0.03
+
+
+def test_finish_never_crosses_and_is_monotone_when_ordered() -> None:
+    batch_like = QueryBatch.__new__(QueryBatch)
+    object.__setattr__(batch_like, "t_query", np.array([0, 0, 0, 1, 1]))
+    object.__setattr__(batch_like, "t_seq", np.array([0, 1, 2, 0, 1]))
+    raw = EtaPrediction(
+        p10=np.array([5.0, 3.0, 20.0, 1.0, 0.5]),
+        p50=np.array([10.0, 8.0, 25.0, 4.0, 2.0]),
+        p90=np.array([15.0, 12.0, 30.0, 9.0, 3.0]),
+    )
+    out = finish(raw, batch_like, "ordered", [1.0, 1.0, 1.0, 1.0])
+    assert out.p50.tolist() == [10.0, 10.0, 25.0, 4.0, 4.0]
+    assert np.all(out.p10 <= out.p50) and np.all(out.p50 <= out.p90)
+    assert np.all(out.p10 >= 0)
+
+
+def test_benchmark_beats_baselines_with_calibrated_windows(bench: object) -> None:
+    results = bench.results  # type: ignore[attr-defined]
+    assert set(results["protocols"]) == {"ordered", "unordered"}
+    for mode, p in results["protocols"].items():
+        assert set(p["model"]) == {"mae_min", "rmse_min", "acc10", "acc20", "coverage_p10_p90", "width_min"}
+        assert {"speed", "const_median", "zone_hour"} <= set(p["baselines"])
+        if mode == "ordered":
+            assert {"rank_median", "speed_path"} <= set(p["baselines"])
+        assert p["baselines"]["speed"]["coverage_p10_p90"] is None
+        assert p["model"]["mae_min"] < p["baselines"]["const_median"]["mae_min"]
+        assert 0.65 <= p["model"]["coverage_p10_p90"] <= 0.95  # tiny data: loose, the real check is LaDe
+    assert results["fit_seconds"] > 0
+
+
+def test_ordered_predictions_never_decrease_along_the_plan(bench: object) -> None:
+    test: QueryBatch = bench.test  # type: ignore[attr-defined]
+    pred = bench.evaluation["ordered"].prediction  # type: ignore[attr-defined]
+    frame = pd.DataFrame({"q": test.t_query, "seq": test.t_seq, "p50": pred.p50, "p10": pred.p10, "p90": pred.p90})
+    frame = frame.sort_values(["q", "seq"])
+    for col in ("p10", "p50", "p90"):
+        assert (frame.groupby("q")[col].diff().dropna() >= -1e-9).all()
+    assert np.all(pred.p10 <= pred.p50) and np.all(pred.p50 <= pred.p90)
+
+
+def test_training_never_sees_the_test_days() -> None:
+    deliveries = make_deliveries(days=36, couriers=3, stops=6, seed=5)
+    batch = queries_from_deliveries(deliveries)
+    a = run_eta_benchmark(deliveries, "2021-07-01", TINY)
+    later = deliveries["dispatch_time"] >= pd.Timestamp("2021-07-01", tz="Asia/Shanghai")
+    changed = deliveries.copy()
+    changed.loc[later, "arrival_time"] += pd.Timedelta(minutes=30)
+    changed.loc[later, "departure_time"] += pd.Timedelta(minutes=30)
+    b = run_eta_benchmark(changed, "2021-07-01", TINY)
+    assert batch.n_queries > 0
+    assert a.train.calibration == b.train.calibration
+    assert a.train.best_iterations == b.train.best_iterations
