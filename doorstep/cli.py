@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -248,6 +248,104 @@ def benchmark_eta(
         )  # fmt: skip
     console.print(table)
     console.print(f"fit_seconds {bench.results['fit_seconds']:.1f}")
+
+
+train_app = typer.Typer(help="Train, evaluate, log to MLflow, register, gate.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+models_app = typer.Typer(help="The MLflow model registry: aliases and rollback.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+MODEL_NAMES = {"eta": "doorstep-eta", "demand": "doorstep-demand"}
+
+
+def _load_training_data(data: Path | None, format: str, days: int, couriers: int, seed: int) -> tuple[Any, str]:
+    """Deliveries to train on: the user's file (validated) or a freshly simulated city."""
+    from features.ingest import IngestOptions, ingest, read_deliveries
+
+    if data is None:
+        from citysim import CityConfig, simulate
+
+        cfg = dataclasses.replace(CityConfig(), days=days, couriers=couriers, seed=seed)
+        with console.status(f"simulating {days} days x {couriers} couriers"):
+            frame = simulate(cfg).deliveries
+        from features.ingest import ingest_frame
+
+        return ingest_frame(frame, str(frame[s.ARRIVAL_TIME].dt.tz)).deliveries, f"citysim:days={days},couriers={couriers},seed={seed}"
+    if format == "contract":
+        return read_deliveries(data), str(data)
+    result = ingest(data, IngestOptions(fmt=format))  # type: ignore[arg-type]
+    if result.counts:
+        console.print(_counts_table("left out by validation", result.counts))
+    return result.deliveries, str(data)
+
+
+@train_app.command("eta")
+def train_eta_cmd(
+    data: Annotated[Path | None, typer.Option(help="Deliveries (default: simulate a city)")] = None,
+    format: Annotated[str, typer.Option("--format", help="contract | lade | csv | parquet")] = "contract",
+    config: Annotated[Path | None, typer.Option(help="ETA config YAML")] = Path("configs/eta.yaml"),
+    holdout_days: Annotated[int, typer.Option(help="Most recent days held out for the gate")] = 7,
+    days: Annotated[int, typer.Option(help="Simulated days (no --data)")] = 60,
+    couriers: Annotated[int, typer.Option(help="Simulated couriers (no --data)")] = 60,
+    seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
+) -> None:
+    """Train the ETA model, log it to MLflow, register doorstep-eta, promote if it wins."""
+    from doorstep.config import load_yaml
+    from training.eta import EtaConfig
+    from training.pipeline_eta import train_and_register_eta
+
+    try:
+        cfg = load_yaml(EtaConfig, config if config and config.exists() else None)
+        deliveries, source = _load_training_data(data, format, days, couriers, seed)
+        with console.status("training ETA and leg models, evaluating, logging"):
+            outcome = train_and_register_eta(deliveries, cfg, data_source=source, holdout_days=holdout_days)
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"doorstep-eta v{outcome.version} (hold-out from {outcome.holdout_from})", title_justify="left")
+    for col in ("mode", "MAE", "best baseline", "x best", "ACC@20", "cover", "width"):
+        table.add_column(col, justify="right")
+    for mode, m in outcome.metrics.items():
+        best = m["best_baseline"]
+        table.add_row(
+            mode, f"{m['model']['mae_min']:.2f}", f"{best} {m['baselines'][best]['mae_min']:.2f}",
+            f"{m['mae_ratio_to_best_baseline']:.3f}", f"{m['model']['acc20']:.3f}",
+            f"{m['model']['coverage_p10_p90']:.3f}", f"{m['model']['width_min']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    leg = outcome.leg_metrics
+    console.print(f"leg model MAE {leg['model']['mae_min']:.2f} min (baselines: "
+                  + ", ".join(f"{k} {v['mae_min']:.2f}" for k, v in leg["baselines"].items()) + ")")
+    if outcome.decision is not None:
+        verdict = "champion" if outcome.decision.promoted else "challenger"
+        console.print(f"version {outcome.version} -> {verdict}: {outcome.decision.reason}")
+    console.print(f"run {outcome.run_id}, model {outcome.model_uri}")
+
+
+@models_app.command("list")
+def models_list(kind: Annotated[str, typer.Argument(help="eta | demand")] = "eta") -> None:
+    """Which versions hold the champion and challenger aliases."""
+    from training.registry import current_versions
+
+    if kind not in MODEL_NAMES:
+        raise _fail(f"kind: must be one of {', '.join(MODEL_NAMES)}, got {kind!r}")
+    versions = current_versions(MODEL_NAMES[kind])
+    if not versions:
+        console.print(f"{MODEL_NAMES[kind]}: no aliased versions yet")
+    for alias, v in versions.items():
+        console.print(f"{MODEL_NAMES[kind]}@{alias} = version {v.version} (run {v.run_id})")
+
+
+@models_app.command("rollback")
+def models_rollback(kind: Annotated[str, typer.Argument(help="eta | demand")]) -> None:
+    """Restore the previous champion of a model."""
+    from training.registry import RollbackError, rollback
+
+    if kind not in MODEL_NAMES:
+        raise _fail(f"kind: must be one of {', '.join(MODEL_NAMES)}, got {kind!r}")
+    try:
+        result = rollback(MODEL_NAMES[kind])
+    except RollbackError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{result.name}@champion: version {result.from_version} -> {result.to_version}")
 
 
 def write_json(path: Path, payload: dict[str, object]) -> None:

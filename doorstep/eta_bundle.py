@@ -7,6 +7,7 @@ It lives outside ``training/`` because the service must never import training co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -61,6 +62,9 @@ class EtaBundle:
     feature_set: str = FEATURE_SET
     training_window: tuple[str, str] = ("", "")
     num_threads: int = 1
+    # the leg travel-time model (doorstep.leg_bundle.LegBundle) for the matrix endpoint,
+    # trained on the same window and shipped in the same registered model
+    leg: Any = None
 
     def raw(self, batch: QueryBatch, mode: Mode) -> EtaPrediction:
         """Uncalibrated quantiles, sorted so they never cross."""
