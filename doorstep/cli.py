@@ -261,7 +261,7 @@ def _load_training_data(data: Path | None, format: str, days: int, couriers: int
     """Deliveries to train on: the user's file (validated) or a freshly simulated city."""
     from features.ingest import IngestOptions, ingest, read_deliveries
 
-    if data is None:
+    if data is None or str(data) in ("", "."):  # MLflow passes an empty parameter as ""
         from citysim import CityConfig, simulate
 
         cfg = dataclasses.replace(CityConfig(), days=days, couriers=couriers, seed=seed)
@@ -318,6 +318,45 @@ def train_eta_cmd(
         verdict = "champion" if outcome.decision.promoted else "challenger"
         console.print(f"version {outcome.version} -> {verdict}: {outcome.decision.reason}")
     console.print(f"run {outcome.run_id}, model {outcome.model_uri}")
+
+
+tune_app = typer.Typer(help="Optuna tuning of the boosters (resumable studies).", no_args_is_help=True)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.command("eta")
+def tune_eta_cmd(
+    trials: Annotated[int, typer.Option(help="Trials to add in this run")] = 20,
+    timeout: Annotated[float | None, typer.Option(help="Stop adding trials after S seconds")] = None,
+    data: Annotated[Path | None, typer.Option(help="Deliveries (default: simulate a city)")] = None,
+    format: Annotated[str, typer.Option("--format", help="contract | lade | csv | parquet")] = "contract",
+    test_from: Annotated[str | None, typer.Option(help="First held-out day (default: last 7 days)")] = None,
+    config: Annotated[Path, typer.Option(help="ETA config YAML; best booster written back")] = Path("configs/eta.yaml"),
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL")] = None,
+    study: Annotated[str, typer.Option(help="Study name")] = "doorstep-eta",
+    days: Annotated[int, typer.Option(help="Simulated days (no --data)")] = 60,
+    couriers: Annotated[int, typer.Option(help="Simulated couriers (no --data)")] = 60,
+    seed: Annotated[int, typer.Option(help="Simulation and sampler seed")] = 7,
+) -> None:
+    """Tune the ETA boosters with Optuna; each trial a nested MLflow run; resumable."""
+    from doorstep.config import load_yaml
+    from training.eta import EtaConfig
+    from training.pipeline_eta import holdout_start
+    from training.tune import tune_eta
+
+    try:
+        cfg = load_yaml(EtaConfig, config if config.exists() else None)
+        deliveries, _ = _load_training_data(data, format, days, couriers, seed)
+        start = test_from or holdout_start(deliveries, 7)
+        with console.status(f"tuning: {trials} trials, study {study}"):
+            result = tune_eta(
+                deliveries, start, cfg, n_trials=trials, timeout_s=timeout, storage=storage,
+                study_name=study, config_path=config, seed=seed,
+            )  # fmt: skip
+    except (MissingColumnsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.2f} min")
+    console.print(f"best booster -> {config}: {result.best_params}")
 
 
 @models_app.command("list")

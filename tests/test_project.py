@@ -26,10 +26,14 @@ def test_mlproject_is_the_single_spec_mlflow_finds() -> None:
     assert link.is_symlink() and link.resolve() == (ROOT / "mlproject.yaml").resolve()
     project = _project_spec.load_project(str(ROOT))
     assert project.name == "doorstep"
-    assert {"main", "simulate", "ingest", "demand_table"} <= set(project._entry_points)
+    assert {"main", "simulate", "ingest", "demand_table", "train_eta", "tune_eta", "benchmark_eta"} <= set(
+        project._entry_points
+    )
 
 
-@pytest.mark.parametrize("entry", ["main", "simulate", "ingest", "demand_table"])
+@pytest.mark.parametrize(
+    "entry", ["main", "simulate", "ingest", "demand_table", "train_eta", "tune_eta", "benchmark_eta"]
+)
 def test_mlproject_entry_points_build_commands(entry: str, tmp_path: Path) -> None:
     project = _project_spec.load_project(str(ROOT))
     point = project.get_entry_point(entry)
