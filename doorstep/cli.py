@@ -185,11 +185,13 @@ def demo(
     days: Annotated[int, typer.Option(help="Simulated days")] = 60,
     couriers: Annotated[int, typer.Option(help="Simulated couriers")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
+    train: Annotated[bool, typer.Option(help="Train and register the models")] = True,
 ) -> None:
-    """The main job end to end: simulate (or ingest your data), validate, build demand tables."""
+    """The main job end to end: simulate (or ingest your data), validate, build demand tables,
+    train the models, log them to MLflow and register them."""
     from doorstep.pipeline import MainOptions, run_main
 
-    options = MainOptions(out, data, format, mapping, tz, days, couriers, seed)
+    options = MainOptions(out, data, format, mapping, tz, days, couriers, seed, train)
     start = time.perf_counter()
     try:
         result = run_main(options, report=lambda msg: console.print(f"[cyan]>[/] {msg}"))
@@ -204,6 +206,15 @@ def demo(
         table.add_row(f"quarantined: {reason}", f"{n:,}")
     table.add_row("deliveries", str(result.deliveries))
     table.add_row("demand (hourly, daily)", f"{result.demand_hourly}, {result.demand_daily}")
+    if result.eta is not None:
+        for mode, m in result.eta.metrics.items():
+            best = m["best_baseline"]
+            table.add_row(
+                f"ETA {mode}: MAE / best baseline ({best})",
+                f"{m['model']['mae_min']:.2f} / {m['baselines'][best]['mae_min']:.2f} min",
+            )
+            table.add_row(f"ETA {mode}: P10-P90 coverage", f"{m['model']['coverage_p10_p90']:.3f}")
+        table.add_row("doorstep-eta version", str(result.eta.version))
     table.add_row("seconds", f"{time.perf_counter() - start:.1f}")
     console.print(table)
 

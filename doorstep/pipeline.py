@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,6 +29,8 @@ class MainOptions:
     days: int = 60
     couriers: int = 60
     seed: int = 7
+    train: bool = True
+    eta_config: Path | None = Path("configs/eta.yaml")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class MainResult:
     quarantine_counts: dict[str, int]
     n_routes: int
     n_zones: int
+    eta: Any = None  # training.pipeline_eta.TrainEtaOutcome when trained
 
 
 def run_main(options: MainOptions, report: Report = print) -> MainResult:
@@ -83,6 +87,19 @@ def run_main(options: MainOptions, report: Report = print) -> MainResult:
     )
     hourly.to_parquet(hourly_path, index=False)
     daily.to_parquet(daily_path, index=False)
+    eta = None
+    if options.train:
+        from doorstep.config import load_yaml
+        from training.eta import EtaConfig
+        from training.pipeline_eta import train_and_register_eta
+
+        path = options.eta_config if options.eta_config and options.eta_config.exists() else None
+        report("training the ETA and leg models, logging to MLflow, registering doorstep-eta")
+        eta = train_and_register_eta(
+            result.deliveries, load_yaml(EtaConfig, path), data_source=str(source)
+        )
+        verdict = "champion" if eta.decision is not None and eta.decision.promoted else "challenger"
+        report(f"doorstep-eta version {eta.version} -> {verdict}")
     return MainResult(
         deliveries=paths.deliveries,
         quarantine=paths.quarantine,
@@ -93,4 +110,5 @@ def run_main(options: MainOptions, report: Report = print) -> MainResult:
         quarantine_counts=result.counts,
         n_routes=int(result.deliveries[s.ROUTE_ID].nunique()),
         n_zones=int(result.deliveries[s.ZONE_ID].nunique()),
+        eta=eta,
     )

@@ -36,12 +36,17 @@ COMMON_FEATURES: tuple[str, ...] = (
     "zone_min_per_km", "zone_gap_min", "zone_service_min",
     "dist_centroid_km", "centroid_km", "pseudo_seq", "pseudo_seq_frac", "pseudo_path_km",
     "pseudo_est_min", "last_habit_delta", "habit_gap_min", "habit_rank_gap", "pseudo_rank_seq",
-    "pseudo_rank_path_km",
+    "pseudo_rank_path_km", "nn_seq", "nn_seq_frac", "nn_path_km", "nn_est_min",
+    "nn_switches", "nn_switch_est_min", "pseudo_switches", "courier_min_per_switch",
 )  # fmt: skip
 ORDERED_FEATURES: tuple[str, ...] = (
     "seq", "seq_frac", "path_km", "path_est_min", "seq_est_min", "planned_min",
+    "seq_switches", "seq_switch_est_min",
 )  # fmt: skip
 CATEGORICAL: tuple[str, ...] = ("stop_type", "vehicle")
+# Counts of past events are capped: uncapped, they grow with the calendar and let the trees
+# tell periods apart (a proxy for the date) instead of learning how experience matters.
+EXPERIENCE_CAP = 20.0
 
 
 def feature_names(mode: Mode) -> list[str]:
@@ -62,9 +67,9 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
 
     def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
         routes, stops, legs = _profile_events(deliveries)
-        self.courier_ = PointInTimeProfile(("path_km", "active_min", "legs"), self.prior).fit(
-            routes
-        )
+        self.courier_ = PointInTimeProfile(
+            ("path_km", "active_min", "legs", "switches"), self.prior
+        ).fit(routes)
         habit_stats = ("clock_min", "rank_frac")
         self.courier_aoi_ = PointInTimeProfile(habit_stats, self.prior).fit(
             stops.assign(key=stops["ca"])
@@ -111,9 +116,13 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         has_last = b.q_last_aoi != ""
         last_ca = self.courier_aoi_.lookup(b.q_courier + "|" + b.q_last_aoi, b.q_day)
         last_aoi = self.aoi_.lookup(b.q_last_aoi, b.q_day)
-        last_clock = np.where(has_last & (last_ca.n > 0), last_ca.mean("clock_min"), last_aoi.mean("clock_min"))
+        last_clock = np.where(
+            has_last & (last_ca.n > 0), last_ca.mean("clock_min"), last_aoi.mean("clock_min")
+        )
         last_clock = np.where(has_last, last_clock, np.nan)
-        last_rank = np.where(has_last & (last_ca.n > 0), last_ca.mean("rank_frac"), last_aoi.mean("rank_frac"))
+        last_rank = np.where(
+            has_last & (last_ca.n > 0), last_ca.mean("rank_frac"), last_aoi.mean("rank_frac")
+        )
         last_rank = np.where(has_last, last_rank, np.nan)
         pseudo_key = np.where(np.isfinite(habit_clock), habit_clock, clock + 10.0 * dist)
         rank_key = np.where(np.isfinite(habit_rank), habit_rank, 2.0 + dist)
@@ -121,6 +130,11 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         pseudo_r_path = _path_along(q, pseudo_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         pseudo = segment_rank(q, pseudo_key)
         pseudo_path = _path_along(q, pseudo, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        nn = nn_tour(q, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        nn_path = _path_along(q, nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        min_per_switch = courier.ratio("active_min", "switches")
+        nn_sw = _switches_along(q, nn, b.t_aoi, b.q_last_aoi)
+        pseudo_sw = _switches_along(q, pseudo_r, b.t_aoi, b.q_last_aoi)
         cen_lat = np.bincount(q, b.t_lat, b.n_queries) / np.maximum(n_rem, 1)
         cen_lng = np.bincount(q, b.t_lng, b.n_queries) / np.maximum(n_rem, 1)
         same_aoi = _count_same(q, b.t_aoi) - 1.0
@@ -148,14 +162,14 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "aoi_done": b.t_aoi_done,
             "courier_km_per_min": km_per_min[q],
             "courier_min_per_stop": min_per_stop[q],
-            "courier_days": courier.n[q],
+            "courier_days": np.minimum(courier.n, EXPERIENCE_CAP)[q],
             "est_speed_min": est_speed,
             "habit_clock_delta": np.where(has_aoi, ca.mean("clock_min") - clock, np.nan),
             "habit_rank_frac": np.where(has_aoi, ca.mean("rank_frac"), np.nan),
-            "habit_n": np.where(has_aoi, ca.n, np.nan),
+            "habit_n": np.where(has_aoi, np.minimum(ca.n, EXPERIENCE_CAP), np.nan),
             "aoi_clock_delta": np.where(has_aoi, aoi.mean("clock_min") - clock, np.nan),
             "aoi_rank_frac": np.where(has_aoi, aoi.mean("rank_frac"), np.nan),
-            "aoi_n": np.where(has_aoi, aoi.n, np.nan),
+            "aoi_n": np.where(has_aoi, np.minimum(aoi.n, EXPERIENCE_CAP), np.nan),
             "zone_min_per_km": zone.ratio("leg_min", "leg_km"),
             "zone_gap_min": zone.mean("leg_min"),
             "zone_service_min": zone.ratio("service_min", "n_service"),
@@ -170,6 +184,14 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "habit_rank_gap": np.where(has_aoi, habit_rank - last_rank[q], np.nan),
             "pseudo_rank_seq": pseudo_r.astype(np.float64),
             "pseudo_rank_path_km": pseudo_r_path,
+            "nn_seq": nn.astype(np.float64),
+            "nn_seq_frac": nn / n_rem[q],
+            "nn_path_km": nn_path,
+            "nn_est_min": nn_path / km_per_min[q] + nn * min_per_stop[q],
+            "nn_switches": nn_sw,
+            "nn_switch_est_min": nn_sw * min_per_switch[q],
+            "pseudo_switches": pseudo_sw,
+            "courier_min_per_switch": min_per_switch[q],
             "_km_per_min": km_per_min[q],
             "_min_per_stop": min_per_stop[q],
         }
@@ -185,7 +207,69 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "path_est_min": path / cols["_km_per_min"],
             "seq_est_min": (seq + 1.0) * cols["_min_per_stop"],
             "planned_min": b.t_planned_min,
+            "seq_switches": (sw := _switches_along(q, b.t_seq, b.t_aoi, b.q_last_aoi)),
+            "seq_switch_est_min": sw * cols["courier_min_per_switch"],
         }
+
+
+def nn_tour(
+    group: npt.NDArray[np.int64],
+    q_lat: FloatArray,
+    q_lng: FloatArray,
+    lat: FloatArray,
+    lng: FloatArray,
+) -> npt.NDArray[np.int64]:
+    """Visit order of a greedy nearest-neighbour tour from each query's position.
+
+    Couriers left to choose mostly sweep nearby stops first; the tour gives the unordered mode
+    a plausible sequence. ``group`` must be sorted (targets of a query are contiguous); one
+    vectorised step per stop position, so the cost is O(targets x longest route).
+    """
+    n_targets = len(group)
+    seq = np.full(n_targets, -1, dtype=np.int64)
+    if n_targets == 0:
+        return seq
+    if np.any(np.diff(group) < 0):
+        raise ValueError("nn_tour: targets must be sorted by query")
+    cur_lat, cur_lng = q_lat.astype(np.float64).copy(), q_lng.astype(np.float64).copy()
+    counts = np.bincount(group, minlength=len(q_lat))
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    nonempty = counts > 0
+    for step in range(int(counts.max())):
+        open_ = seq < 0
+        dist = np.nan_to_num(haversine_km(cur_lat[group], cur_lng[group], lat, lng), nan=0.0)
+        dist[~open_] = np.inf
+        seg_min = np.full(len(q_lat), np.inf)
+        seg_min[nonempty] = np.minimum.reduceat(dist, starts[nonempty])
+        cand = np.flatnonzero(open_ & (dist == seg_min[group]))
+        first = cand[np.r_[True, group[cand][1:] != group[cand][:-1]]]
+        seq[first] = step
+        cur_lat[group[first]] = lat[first]
+        cur_lng[group[first]] = lng[first]
+    return seq
+
+
+def _switches_along(
+    group: npt.NDArray[np.int64],
+    seq: npt.NDArray[np.int64],
+    aoi: npt.NDArray[np.object_],
+    q_last_aoi: npt.NDArray[np.object_],
+) -> FloatArray:
+    """Area changes from the current area up to and including each target along ``seq``.
+
+    NaN where areas are unknown: the count means nothing without them.
+    """
+    order = np.lexsort((seq, group))
+    g, a = group[order], aoi[order].astype(str)
+    first = np.r_[True, g[1:] != g[:-1]]
+    prev = np.where(first, q_last_aoi[g].astype(str), np.r_[[""], a[:-1]])
+    change = (a != prev).astype(np.float64)
+    cum = np.cumsum(change)
+    start_idx = np.flatnonzero(first)
+    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(g)]))
+    out = np.empty(len(group))
+    out[order] = cum - cum[seg_start] + change[seg_start]
+    return np.where(aoi == "", np.nan, out)
 
 
 def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
@@ -236,11 +320,13 @@ def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     )
     leg_min = np.where(first, np.nan, np.diff(arrival_min, prepend=np.nan))
     day = local_day(d[s.DISPATCH_TIME])
-    grouped = pd.DataFrame({"route": route, "km": leg_km, "t": arrival_min}).groupby(
+    aoi_all = d[s.AOI_ID].astype("string").fillna("").to_numpy(dtype=object)
+    switch = (~first & (aoi_all != np.r_[[""], aoi_all[:-1]])).astype(float)
+    grouped = pd.DataFrame({"route": route, "km": leg_km, "t": arrival_min, "sw": switch}).groupby(
         "route", sort=False
     )
     per_route = grouped.agg(
-        path_km=("km", "sum"), t0=("t", "min"), t1=("t", "max"), n=("t", "size")
+        path_km=("km", "sum"), t0=("t", "min"), t1=("t", "max"), n=("t", "size"), sw=("sw", "sum")
     )
     first_rows = d.loc[first, [s.ROUTE_ID, s.COURIER_ID]].set_index(s.ROUTE_ID)
     routes = pd.DataFrame(
@@ -250,6 +336,8 @@ def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             "path_km": per_route["path_km"].to_numpy(),
             "active_min": (per_route["t1"] - per_route["t0"]).to_numpy(),
             "legs": (per_route["n"] - 1).to_numpy(dtype=float),
+            # moves between areas: parcels of one building are quick, a new building is not
+            "switches": per_route["sw"].to_numpy(dtype=float) + 1.0,
         }
     )
     routes = routes[(routes["legs"] >= 1) & (routes["active_min"] > 0)]
