@@ -51,6 +51,9 @@ class ModeModel:
     boosters: dict[float, lgb.Booster]
     # minutes added below P10 and above P90, per horizon bucket (index) of the raw P50
     conformal: list[float] = field(default_factory=list)
+    # what the boosters predict: "minutes", or "log1p" minutes. Quantiles commute with a
+    # monotone transform, so log-space quantile boosters give minute quantiles exactly.
+    target: str = "minutes"
 
 
 @dataclass
@@ -72,6 +75,8 @@ class EtaBundle:
         model = self.modes[mode]
         preds = [model.boosters[q].predict(X, num_threads=self.num_threads) for q in QUANTILES]
         stacked = np.sort(np.column_stack(preds), axis=1)
+        if model.target == "log1p":
+            stacked = np.expm1(stacked)
         return EtaPrediction(stacked[:, 0], stacked[:, 1], stacked[:, 2])
 
     def predict(self, batch: QueryBatch, mode: Mode) -> EtaPrediction:
