@@ -38,10 +38,12 @@ COMMON_FEATURES: tuple[str, ...] = (
     "pseudo_est_min", "last_habit_delta", "habit_gap_min", "habit_rank_gap", "pseudo_rank_seq",
     "pseudo_rank_path_km", "nn_seq", "nn_seq_frac", "nn_path_km", "nn_est_min",
     "nn_switches", "nn_switch_est_min", "pseudo_switches", "courier_min_per_switch",
+    "ready_rank_frac", "courier_end_delta", "stop_cost_min", "nn_cost_sum_min",
+    "pseudo_cost_sum_min",
 )  # fmt: skip
 ORDERED_FEATURES: tuple[str, ...] = (
     "seq", "seq_frac", "path_km", "path_est_min", "seq_est_min", "planned_min",
-    "seq_switches", "seq_switch_est_min",
+    "seq_switches", "seq_switch_est_min", "seq_cost_sum_min",
 )  # fmt: skip
 CATEGORICAL: tuple[str, ...] = ("stop_type", "vehicle")
 # Counts of past events are capped: uncapped, they grow with the calendar and let the trees
@@ -68,9 +70,9 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
     def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
         routes, stops, legs = _profile_events(deliveries)
         self.courier_ = PointInTimeProfile(
-            ("path_km", "active_min", "legs", "switches"), self.prior
+            ("path_km", "active_min", "legs", "switches", "end_clock"), self.prior
         ).fit(routes)
-        habit_stats = ("clock_min", "rank_frac")
+        habit_stats = ("clock_min", "rank_frac", "gap_next", "n_gap")
         self.courier_aoi_ = PointInTimeProfile(habit_stats, self.prior).fit(
             stops.assign(key=stops["ca"])
         )
@@ -131,6 +133,16 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         pseudo = segment_rank(q, pseudo_key)
         pseudo_path = _path_along(q, pseudo, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         nn = nn_tour(q, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        cost = np.where(
+            has_aoi & (ca.n > 0), ca.ratio("gap_next", "n_gap"), aoi.ratio("gap_next", "n_gap")
+        )
+        cost = np.where(np.isfinite(cost), cost, courier.ratio("active_min", "legs")[q])
+        last_cost = np.where(
+            has_last & (last_ca.n > 0),
+            last_ca.ratio("gap_next", "n_gap"),
+            last_aoi.ratio("gap_next", "n_gap"),
+        )
+        last_cost = np.where(np.isfinite(last_cost), last_cost, 0.0)[q]
         nn_path = _path_along(q, nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         min_per_switch = courier.ratio("active_min", "switches")
         nn_sw = _switches_along(q, nn, b.t_aoi, b.q_last_aoi)
@@ -188,6 +200,13 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "nn_seq_frac": nn / n_rem[q],
             "nn_path_km": nn_path,
             "nn_est_min": nn_path / km_per_min[q] + nn * min_per_stop[q],
+            "ready_rank_frac": segment_rank(q, -np.nan_to_num(b.t_ready_min)) / n_rem[q],
+            "courier_end_delta": courier.mean("end_clock")[q] - clock,
+            "stop_cost_min": cost,
+            "nn_cost_sum_min": _cumsum_before(q, nn, cost) + last_cost,
+            "pseudo_cost_sum_min": _cumsum_before(q, pseudo_r, cost) + last_cost,
+            "_cost": cost,
+            "_last_cost": last_cost,
             "nn_switches": nn_sw,
             "nn_switch_est_min": nn_sw * min_per_switch[q],
             "pseudo_switches": pseudo_sw,
@@ -209,6 +228,7 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "planned_min": b.t_planned_min,
             "seq_switches": (sw := _switches_along(q, b.t_seq, b.t_aoi, b.q_last_aoi)),
             "seq_switch_est_min": sw * cols["courier_min_per_switch"],
+            "seq_cost_sum_min": _cumsum_before(q, b.t_seq, cols["_cost"]) + cols["_last_cost"],
         }
 
 
@@ -270,6 +290,27 @@ def _switches_along(
     out = np.empty(len(group))
     out[order] = cum - cum[seg_start] + change[seg_start]
     return np.where(aoi == "", np.nan, out)
+
+
+def _cumsum_before(
+    group: npt.NDArray[np.int64], seq: npt.NDArray[np.int64], values: FloatArray
+) -> FloatArray:
+    """Sum of ``values`` of the targets before each one along ``seq`` (trees cannot add rows)."""
+    order = np.lexsort((seq, group))
+    g, v = group[order], values[order]
+    first = np.r_[True, g[1:] != g[:-1]]
+    cum = np.cumsum(v)
+    start_idx = np.flatnonzero(first)
+    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(g)]))
+    out = np.empty(len(group))
+    out[order] = cum - v - (cum[seg_start] - v[seg_start])
+    return out
+
+
+def _clock_of(epoch_min: FloatArray, like: pd.Series) -> FloatArray:
+    """Local minutes since midnight of epoch minutes, in the zone of ``like``."""
+    ts = pd.Series(pd.to_datetime(epoch_min * 60.0, unit="s", utc=True)).dt.tz_convert(like.dt.tz)
+    return local_clock_min(ts)
 
 
 def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
@@ -338,6 +379,8 @@ def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             "legs": (per_route["n"] - 1).to_numpy(dtype=float),
             # moves between areas: parcels of one building are quick, a new building is not
             "switches": per_route["sw"].to_numpy(dtype=float) + 1.0,
+            # local clock of the route's last delivery: how long the courier's day usually runs
+            "end_clock": _clock_of(per_route["t1"].to_numpy(), d[s.ARRIVAL_TIME]),
         }
     )
     routes = routes[(routes["legs"] >= 1) & (routes["active_min"] > 0)]
@@ -346,6 +389,9 @@ def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     )
     n_route = d.groupby(s.ROUTE_ID, sort=False)[s.STOP_ID].transform("size").to_numpy()
     aoi = d[s.AOI_ID].astype("string").fillna("").to_numpy(dtype=object)
+    last = np.r_[first[1:], True]
+    next_gap = np.where(last, np.nan, np.r_[np.diff(arrival_min), np.nan])
+    next_gap = np.where(next_gap > 120.0, np.nan, next_gap)  # a break, not the cost of a stop
     stops = pd.DataFrame(
         {
             "ca": d[s.COURIER_ID].astype(str).to_numpy(dtype=object) + "|" + aoi,
@@ -353,6 +399,9 @@ def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             "day": local_day(d[s.ARRIVAL_TIME]),
             "clock_min": local_clock_min(d[s.ARRIVAL_TIME]),
             "rank_frac": pos / np.maximum(n_route - 1, 1),
+            # minutes from this stop to the next one of the route: what a stop here costs
+            "gap_next": np.nan_to_num(next_gap),
+            "n_gap": np.isfinite(next_gap).astype(float),
         }
     )[aoi != ""]
     arr = d[s.ARRIVAL_TIME]

@@ -22,7 +22,7 @@ def deliveries() -> pd.DataFrame:
 def test_feature_names_are_pinned() -> None:
     unordered = feature_names("unordered")
     assert unordered[:5] == ["dist_km", "dist_depot_km", "n_remaining", "rank_dist", "rank_dist_frac"]
-    assert len(unordered) == len(set(unordered)) == 51
+    assert len(unordered) == len(set(unordered)) == 56
     assert feature_names("ordered") == [
         *unordered,
         "seq",
@@ -33,6 +33,7 @@ def test_feature_names_are_pinned() -> None:
         "planned_min",
         "seq_switches",
         "seq_switch_est_min",
+        "seq_cost_sum_min",
     ]
     with pytest.raises(ValueError, match="mode: must be 'ordered' or 'unordered', got 'zigzag'"):
         feature_names("zigzag")  # type: ignore[arg-type]
