@@ -79,22 +79,34 @@ class EtaBundle:
             stacked = np.expm1(stacked)
         return EtaPrediction(stacked[:, 0], stacked[:, 1], stacked[:, 2])
 
+    def shaped(self, batch: QueryBatch, mode: Mode) -> EtaPrediction:
+        """Uncalibrated quantiles with the shape rules applied (what calibration is fitted on)."""
+        return shape(self.raw(batch, mode), batch, mode)
+
     def predict(self, batch: QueryBatch, mode: Mode) -> EtaPrediction:
         """Calibrated P10/P50/P90; in ordered mode never decreasing along the sequence."""
-        raw = self.raw(batch, mode)
-        return finish(raw, batch, mode, self.modes[mode].conformal)
+        return finish(self.shaped(batch, mode), batch, mode, self.modes[mode].conformal)
+
+
+def shape(raw: EtaPrediction, batch: QueryBatch, mode: Mode) -> EtaPrediction:
+    """Non-negative; in ordered mode each quantile is a running maximum along the plan."""
+    p10, p50, p90 = (np.maximum(v, 0.0) for v in (raw.p10, raw.p50, raw.p90))
+    if mode == "ordered":
+        p10, p50, p90 = (_cummax_along(batch.t_query, batch.t_seq, v) for v in (p10, p50, p90))
+    return EtaPrediction(p10, p50, p90)
 
 
 def finish(
     raw: EtaPrediction, batch: QueryBatch, mode: Mode, conformal: list[float]
 ) -> EtaPrediction:
-    """Widen by the conformal offsets, keep P10 >= 0, no crossing, monotone when ordered."""
+    """Widen shaped quantiles by the conformal offsets; keep P10 >= 0, no crossing, and (ordered)
+    monotone along the plan: offsets differ by horizon bucket, so the window is re-shaped."""
     offset = np.asarray(conformal)[horizon_bucket(raw.p50)] if conformal else np.zeros_like(raw.p50)
     p10 = np.maximum(raw.p10 - offset, 0.0)
-    p50 = np.maximum(raw.p50, 0.0)
+    p50 = raw.p50
     p90 = raw.p90 + offset
     if mode == "ordered":
-        p10, p50, p90 = (_cummax_along(batch.t_query, batch.t_seq, v) for v in (p10, p50, p90))
+        p10, p90 = (_cummax_along(batch.t_query, batch.t_seq, v) for v in (p10, p90))
     p50 = np.maximum(p50, p10)
     p90 = np.maximum(p90, p50)
     return EtaPrediction(p10, p50, p90)

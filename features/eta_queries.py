@@ -91,9 +91,7 @@ def queries_from_deliveries(
 ) -> QueryBatch:
     """Every training query of every route with at least ``MIN_ROUTE_STOPS`` stops.
 
-    The visit order is (arrival_time, stop_id). The ordered mode's sequence is the planned
-    order (``planned_seq``) where the data has one, else the visit order: a plan that was
-    followed.
+    The visit order is (arrival_time, stop_id); the ordered mode's sequence is that order.
     """
     d = deliveries.sort_values([s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable")
     d = d[d.groupby(s.ROUTE_ID, sort=False)[s.STOP_ID].transform("size") >= MIN_ROUTE_STOPS]
@@ -149,11 +147,9 @@ def queries_from_deliveries(
     aoi_done = _aoi_done(aoi, route_codes, pos_in_route, q_route_code, q_k, pair_q, pair_row)
     planned = d[s.PLANNED_ARRIVAL].astype("int64").to_numpy() / 1e9
     planned = np.where(d[s.PLANNED_ARRIVAL].isna().to_numpy(), np.nan, planned)
-    seq_key = (
-        d[s.PLANNED_SEQ].astype("float64").fillna(-1).to_numpy() if s.PLANNED_SEQ in d else None
-    )
-    has_plan = seq_key is not None and bool((seq_key >= 0).all())
-    order_key = seq_key[pair_row] if has_plan and seq_key is not None else pos_in_route[pair_row]
+    # Ordered mode trains on the order the stops were visited: a plan that was followed (the
+    # LaDe protocol's definition); a routing engine's plan is served as the order it will be.
+    order_key = pos_in_route[pair_row]
     batch = QueryBatch(
         q_route=route_names.to_numpy(dtype=object)[q_route_code],
         q_courier=_str(d[s.COURIER_ID])[row_of_k],

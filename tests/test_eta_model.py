@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from doorstep.eta_bundle import EtaPrediction, finish, horizon_bucket
+from doorstep.eta_bundle import EtaPrediction, finish, horizon_bucket, shape
 from features.eta_queries import QueryBatch, queries_from_deliveries
 from tests.synth import make_deliveries
 from training.benchmark_eta import run_eta_benchmark
@@ -60,7 +60,7 @@ def test_finish_never_crosses_and_is_monotone_when_ordered() -> None:
         p50=np.array([10.0, 8.0, 25.0, 4.0, 2.0]),
         p90=np.array([15.0, 12.0, 30.0, 9.0, 3.0]),
     )
-    out = finish(raw, batch_like, "ordered", [1.0, 1.0, 1.0, 1.0])
+    out = finish(shape(raw, batch_like, "ordered"), batch_like, "ordered", [1.0, 1.0, 1.0, 1.0])
     assert out.p50.tolist() == [10.0, 10.0, 25.0, 4.0, 4.0]
     assert np.all(out.p10 <= out.p50) and np.all(out.p50 <= out.p90)
     assert np.all(out.p10 >= 0)

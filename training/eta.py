@@ -236,7 +236,7 @@ def train_eta(
     for mode in config.modes:
         model, best[mode] = fit_mode(featurizer, fit_b, valid_b, mode, config)  # type: ignore[arg-type]
         bundle = EtaBundle(featurizer, {mode: model}, num_threads=config.num_threads)
-        raw = bundle.raw(cal_b, mode)  # type: ignore[arg-type]
+        raw = bundle.shaped(cal_b, mode)  # type: ignore[arg-type]
         model.conformal = conformal_offsets(
             raw.p10, raw.p50, raw.p90, cal_b.t_label_min, config.coverage
         )
