@@ -30,7 +30,7 @@ class MainOptions:
     couriers: int = 60
     seed: int = 7
     train: bool = True
-    eta_config: Path | None = Path("configs/eta.yaml")
+    eta_config: Path | None = Path("configs/eta_demo.yaml")
 
 
 @dataclass(frozen=True)
