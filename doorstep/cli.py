@@ -128,8 +128,8 @@ def ingest(
 
 @app.command("demand-table")
 def demand_table(
-    path: Annotated[Path, typer.Argument(help="Changshu orders CSV or a deliveries Parquet")],
-    format: Annotated[str, typer.Option("--format", help="changshu | deliveries")] = "deliveries",
+    path: Annotated[Path, typer.Argument(help="Changshu orders, deliveries Parquet, or a planner's table")],
+    format: Annotated[str, typer.Option("--format", help="changshu | deliveries | table")] = "deliveries",
     freq: Annotated[str, typer.Option(help="h (hourly) | d (daily)")] = "d",
     out: Annotated[Path, typer.Option(help="Output Parquet or CSV file")] = Path(
         "data/demand.parquet"
@@ -156,8 +156,18 @@ def demand_table(
                 )
         elif format == "deliveries":
             table = demand_from_deliveries(read_deliveries(path), freq)
+        elif format == "table":
+            from features.demand import read_demand_file, validate_demand
+
+            read = validate_demand(read_demand_file(path), freq, where=str(path))
+            table = read.table
+            if len(read.quarantine):
+                qpath = out.with_name(out.stem + "_quarantine.parquet")
+                qpath.parent.mkdir(parents=True, exist_ok=True)
+                read.quarantine.astype("string").to_parquet(qpath, index=False)
+                console.print(_counts_table(f"quarantined rows -> {qpath}", read.counts))
         else:
-            raise ValueError(f"--format: must be changshu or deliveries, got {format!r}")
+            raise ValueError(f"--format: must be changshu, deliveries or table, got {format!r}")
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,15 @@ def test_ingest_lade_real(lade_jilin_path: Path, tmp_path: Path) -> None:
     assert len(good) + len(bad) == 26_711
     assert len(bad) < 0.01 * 26_711
     assert good[s.ZONE_ID].str.len().eq(15).all()  # H3 cells at resolution 8
+
+
+def test_demand_table_validates_a_planners_table(tmp_path: Path) -> None:
+    path = tmp_path / "plan.csv"
+    path.write_text("zone_id,ts,volume\na,2024-01-01,3\na,2024-01-03,2\nb,2024-01-01,-1\n")
+    out = tmp_path / "clean.parquet"
+    result = runner.invoke(app, ["demand-table", str(path), "--format", "table", "--freq", "d", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    assert table[s.VOLUME].tolist() == [3.0, 0.0, 2.0]
+    bad = pd.read_parquet(tmp_path / "clean_quarantine.parquet")
+    assert bad[s.REASON].tolist() == ["volume: negative"]
