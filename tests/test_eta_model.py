@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,7 +26,8 @@ TINY = EtaConfig(
 @pytest.fixture(scope="module")
 def bench() -> object:
     deliveries = make_deliveries(days=36, couriers=4, stops=8, seed=3)
-    return run_eta_benchmark(deliveries, "2021-07-01", TINY)
+    # also exercises the refit on every pre-test day after calibration
+    return run_eta_benchmark(deliveries, "2021-07-01", dataclasses.replace(TINY, refit_with_calibration=True))
 
 
 def test_horizon_buckets() -> None:
