@@ -1,0 +1,1 @@
+"""Training, backtests, baselines, metrics, tuning, MLflow logging and promotion."""
