@@ -271,6 +271,39 @@ def benchmark_eta(
     console.print(f"fit_seconds {bench.results['fit_seconds']:.1f}")
 
 
+@benchmark_app.command("demand")
+def benchmark_demand(
+    history: Annotated[Path, typer.Option(help="Demand table: CSV or Parquet with zone_id, ts, volume")],
+    freq: Annotated[str, typer.Option(help="h (hourly) | d (daily)")],
+    test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD")],
+    out: Annotated[Path, typer.Option(help="results.json")] = Path("results.json"),
+    holidays: Annotated[str | None, typer.Option(help="Holiday country code, e.g. CN")] = None,
+) -> None:
+    """Train before --test-from; score every protocol and baseline on every later day."""
+    from training.benchmark_demand import load_demand_history, run_demand_benchmark
+
+    try:
+        with console.status(f"loading {history}"):
+            table = load_demand_history(history, freq)
+        with console.status("training, calibrating, scoring the protocols"):
+            results = run_demand_benchmark(table, freq, test_from, holidays)
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    write_json(out, results)
+    table_out = Table(title=f"demand benchmark ({freq}), test from {test_from} -> {out}", title_justify="left")
+    for col in ("protocol", "points", "WAPE", "MASE", "cover", "best baseline WAPE"):
+        table_out.add_column(col, justify="right")
+    for name, p in results["protocols"].items():
+        m = p["model"]
+        best = min(p["baselines"].items(), key=lambda kv: kv[1]["wape"])
+        table_out.add_row(
+            name, f"{p['n_points']:,}", f"{m['wape']:.3f}", f"{m['mase']:.3f}",
+            f"{m['coverage_p10_p90']:.3f}", f"{best[0]} {best[1]['wape']:.3f}",
+        )  # fmt: skip
+    console.print(table_out)
+    console.print(f"fit_seconds {results['fit_seconds']:.1f}")
+
+
 train_app = typer.Typer(help="Train, evaluate, log to MLflow, register, gate.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 models_app = typer.Typer(help="The MLflow model registry: aliases and rollback.", no_args_is_help=True)

@@ -1,0 +1,223 @@
+"""The demand model bundle: featurizer + boosters + conformal offsets, per frequency.
+
+Training builds it, serving loads it; the prediction rule lives here so neither re-implements
+it (and serving never imports ``training/``). Two heads give the uncalibrated quantiles:
+
+* ``quantile``: three LightGBM quantile boosters on sqrt(volume). sqrt is monotone, so their
+  quantiles are volume quantiles after squaring.
+* ``count``: the Poisson booster's expected volume and a negative-binomial spread fitted on the
+  validation window. Sparse hourly counts are mostly 0 or 1; a pinball loss only sees the sign
+  of each residual there, the Poisson likelihood uses the counts themselves.
+
+Training keeps the head whose P50 has the lower MAE on the validation window. Either way the
+window is calibrated on the sqrt scale (conformalised quantile regression, one offset per
+horizon bucket), so it widens with the level as count noise does. The P50 is the point.
+
+The city total is bottom-up: the sum of the zones' expected volumes (expectations add up,
+medians do not), with its own conformal window calibrated on the totals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy import stats
+
+from features import schema as s
+from features.demand_features import (
+    FEATURE_SET,
+    DemandFeaturizer,
+    DemandPanel,
+    DemandQueries,
+    make_queries,
+)
+
+FloatArray = npt.NDArray[np.float64]
+QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
+MEAN = "mean"
+P10, P50, P90, HORIZON = "p10", "p50", "p90", "horizon"
+# Horizon buckets (periods ahead, 1 = the origin's own period) for Mondrian calibration.
+QUIET_EVIDENCE = float(np.log(1e6))  # a zero run this unlikely means the zone has closed
+HORIZON_EDGES: dict[str, tuple[int, ...]] = {"h": (2, 6, 12), "d": (1, 3)}
+
+
+def horizon_bucket(horizon: npt.ArrayLike, freq: str) -> npt.NDArray[np.int64]:
+    """Hourly: 0 = 1-2 periods ahead, 1 = 3-6, 2 = 7-12, 3 = 13+; daily: 0 = 1, 1 = 2-3, 2 = 4+."""
+    return np.searchsorted(np.asarray(HORIZON_EDGES[freq]), np.asarray(horizon), side="left")
+
+
+def n_buckets(freq: str) -> int:
+    return len(HORIZON_EDGES[freq]) + 1
+
+
+@dataclass(frozen=True)
+class DemandPrediction:
+    """Per query row: calibrated quantiles and the expected volume (parcels per period)."""
+
+    p10: FloatArray
+    p50: FloatArray
+    p90: FloatArray
+    mean: FloatArray
+
+
+@dataclass
+class FreqModel:
+    """Everything for one frequency: features, boosters, head, calibration."""
+
+    featurizer: DemandFeaturizer
+    boosters: dict[float | str, lgb.Booster]
+    head: str = "quantile"  # or "count"
+    nb_size: float = np.inf  # negative-binomial size of the count head (inf: Poisson)
+    conformal: list[float] = field(default_factory=list)  # per horizon bucket, sqrt scale
+    total_conformal: list[float] = field(default_factory=list)  # per bucket, sqrt(total) scale
+
+    @property
+    def freq(self) -> str:
+        return str(self.featurizer.spec_.freq)
+
+    def expected(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
+        return np.asarray(self.boosters[MEAN].predict(X, num_threads=num_threads), dtype=np.float64)
+
+    def raw(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
+        """Uncalibrated P10, P50, P90 in parcels, never crossing: shape (n, 3)."""
+        if self.head == "count":
+            out = nb_quantiles(self.expected(X, num_threads), self.nb_size)
+        else:
+            preds = [self.boosters[q].predict(X, num_threads=num_threads) for q in QUANTILES]
+            out = np.maximum(np.sort(np.column_stack(preds), axis=1), 0.0) ** 2
+        out[:, 0] = np.minimum(out[:, 0], out[:, 1])
+        out[:, 2] = np.maximum(out[:, 2], out[:, 1])
+        return out
+
+    def quiet(self, X: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Rows of zones gone quiet: a run of zeros a Poisson zone at its training-window rate
+        would produce with probability below exp(-QUIET_EVIDENCE). The trees never saw a zone
+        close, so this rule, not the boosters, forecasts zero for it (until a parcel comes)."""
+        names = self.featurizer.spec_.feature_names()
+        if "zero_run" not in names or "zone_mean" not in names:
+            return np.zeros(len(X), dtype=bool)
+        evidence = X[:, names.index("zero_run")] * X[:, names.index("zone_mean")]
+        return np.nan_to_num(evidence.astype(np.float64)) >= QUIET_EVIDENCE
+
+    def predict(self, X: npt.NDArray[np.float32], horizon: npt.ArrayLike, num_threads: int = 1) -> DemandPrediction:
+        raw = self.raw(X, num_threads)
+        widen = np.asarray(self.conformal)[horizon_bucket(horizon, self.freq)] if self.conformal else 0.0
+        p10 = np.maximum(np.sqrt(raw[:, 0]) - widen, 0.0) ** 2
+        p90 = np.maximum(np.sqrt(raw[:, 2]) + widen, 0.0) ** 2
+        p50 = raw[:, 1]
+        # a negative offset narrows the window; the point stays and the window keeps it inside
+        mean = self.expected(X, num_threads) if MEAN in self.boosters else p50
+        keep = ~self.quiet(X)
+        p10, p50, p90, mean = (np.where(keep, v, 0.0) for v in (p10, p50, p90, mean))
+        return DemandPrediction(np.minimum(p10, p50), p50, np.maximum(p90, p50), mean)
+
+
+def nb_quantiles(mean: FloatArray, size: float) -> FloatArray:
+    """P10, P50, P90 of a negative binomial with ``mean`` and ``size`` (Poisson if infinite).
+
+    P50 is the integer median (what minimises absolute error). P10 and P90 are interpolated
+    within the integer step the quantile falls in, so windows vary continuously across rows and
+    conformal calibration can reach its nominal coverage on counts.
+    """
+    mu = np.maximum(np.asarray(mean, dtype=np.float64), 1e-9)
+    dist = stats.poisson(mu) if not np.isfinite(size) else stats.nbinom(size, size / (size + mu))
+    out = np.empty((len(mu), 3))
+    for i, q in enumerate(QUANTILES):
+        k = dist.ppf(q)
+        if q == 0.5:
+            out[:, i] = k
+            continue
+        below = dist.cdf(k - 1)
+        frac = (q - below) / np.maximum(dist.pmf(k), 1e-12)
+        out[:, i] = np.maximum(k - 1 + np.clip(frac, 0.0, 1.0), 0.0)
+    return out
+
+
+def total_window(mean_total: FloatArray, offset: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """P10/P90 of a total around its expected value on the sqrt scale."""
+    root = np.sqrt(np.maximum(mean_total, 0.0))
+    return np.maximum(root - offset, 0.0) ** 2, (root + offset) ** 2
+
+
+@dataclass
+class DemandBundle:
+    """The demand forecaster for one or both frequencies; picklable, MLflow-loggable."""
+
+    models: dict[str, FreqModel]
+    feature_set: str = FEATURE_SET
+    training_window: tuple[str, str] = ("", "")
+    num_threads: int = 1
+
+    def model(self, freq: str | None) -> FreqModel:
+        if freq is None:
+            if len(self.models) != 1:
+                raise ValueError(f"freq: the bundle holds {sorted(self.models)}; say which")
+            return next(iter(self.models.values()))
+        if freq not in self.models:
+            raise ValueError(f"freq: no {freq!r} model in this bundle (has {sorted(self.models)})")
+        return self.models[freq]
+
+    def predict_queries(self, panel: DemandPanel, queries: DemandQueries) -> DemandPrediction:
+        m = self.model(panel.freq)
+        return m.predict(m.featurizer.transform(panel, queries), queries.horizon, self.num_threads)
+
+    def forecast(
+        self,
+        history: pd.DataFrame,
+        origin: str | pd.Timestamp,
+        horizon_periods: int | None = None,
+        freq: str | None = None,
+    ) -> pd.DataFrame:
+        """Zone forecasts for the ``horizon_periods`` periods from ``origin`` (None: the rest
+        of the origin's day) from the history's periods before ``origin``.
+
+        Columns: zone_id, ts, horizon, p10, p50, p90, mean. Every zone with a period before the
+        origin is forecast; a zone gone quiet since then counts as zero demand.
+        """
+        m = self.model(freq)
+        origin = pd.Timestamp(origin)
+        spec = m.featurizer.spec_
+        panel = DemandPanel.from_table(history, m.freq, end=origin, covariates=spec.covariates)
+        queries = make_queries(panel, [origin], horizon_periods)
+        pred = self.predict_queries(panel, queries)
+        return pd.DataFrame(
+            {
+                s.ZONE_ID: panel.zones[queries.zone].astype("string"),
+                s.TS: panel.ts_of(queries.target),
+                HORIZON: queries.horizon,
+                P10: pred.p10,
+                P50: pred.p50,
+                P90: pred.p90,
+                MEAN: pred.mean,
+            }
+        )
+
+    def total(self, zone_forecast: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
+        """The bottom-up city (depot) total per period: ``mean`` is the sum of the zones'
+        expected volumes; P10/P90 come from the total's own calibration."""
+        m = self.model(freq)
+        g = zone_forecast.groupby(s.TS, sort=True).agg(mean=(MEAN, "sum"), horizon=(HORIZON, "min"))
+        offset = (
+            np.asarray(m.total_conformal)[horizon_bucket(g[HORIZON].to_numpy(), m.freq)]
+            if m.total_conformal
+            else np.zeros(len(g))
+        )
+        mean = g[MEAN].to_numpy(float)
+        p10, p90 = total_window(mean, offset)
+        p10, p90 = np.minimum(p10, mean), np.maximum(p90, mean)
+        return pd.DataFrame(
+            {s.TS: g.index, P10: p10, P50: mean, P90: p90, MEAN: mean}
+        ).reset_index(drop=True)
+
+
+def check_feature_set(bundle: DemandBundle) -> None:
+    """Serving refuses a bundle whose feature set or feature names it does not know."""
+    if bundle.feature_set != FEATURE_SET:
+        raise ValueError(f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}")
+    for freq, m in bundle.models.items():
+        if m.boosters[0.5].feature_name() != m.featurizer.spec_.feature_names():
+            raise ValueError(f"feature_set: the {freq} model's features differ from its spec")

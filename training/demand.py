@@ -1,0 +1,302 @@
+"""Train the demand bundle: time-split windows, LightGBM quantile boosters, conformal calibration.
+
+Windows (by the origin's local day, never a random split; a window's rows forecast only
+periods inside it):
+    fit   = [first day + warmup, valid start)         boosters
+    valid = [calib start - valid_days, calib start)   early stopping, then refit on fit + valid
+    cal   = [test_from - calib_days, test_from)       conformal offsets per horizon bucket
+Features are point-in-time (only periods before each row's origin), so one panel of everything
+before ``test_from`` serves every window. The boosters never see the calibration days.
+Hourly training origins are spread over the day (00:00 plans the whole day, later origins see
+what has arrived so far); calibration uses the protocol's own cutoffs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy import stats
+
+from doorstep.demand_bundle import (
+    MEAN,
+    QUANTILES,
+    DemandBundle,
+    FreqModel,
+    horizon_bucket,
+    n_buckets,
+)
+from features import schema as s
+from features.demand import check_freq
+from features.demand_features import (
+    CATEGORICAL,
+    DemandFeatureSpec,
+    DemandFeaturizer,
+    DemandPanel,
+    DemandQueries,
+    make_queries,
+    spec_for,
+)
+
+FloatArray = npt.NDArray[np.float64]
+HEADS: tuple[str, ...] = ("auto", "quantile", "count")
+MIN_BUCKET_ROWS = 30  # fewer calibration rows in a horizon bucket: use the pooled offset
+
+
+@dataclass(frozen=True)
+class DemandBoosterParams:
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 50
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    max_bin: int = 255
+    n_estimators: int = 600
+    early_stopping_rounds: int = 40
+
+
+@dataclass(frozen=True)
+class DemandTrainConfig:
+    """How to train the demand model; defaults run on one machine (``for_freq`` sizes the
+    windows: hourly data is usually a few weeks deep, daily data months)."""
+
+    booster: DemandBoosterParams = field(default_factory=DemandBoosterParams)
+    calib_days: int = 28
+    valid_days: int = 14
+    warmup_days: int = 7
+    origin_hours: tuple[int, ...] = (0, 4, 8, 10, 12, 14, 16, 20)  # hourly training origins
+    calib_origin_hours: tuple[int, ...] = (0, 8, 12, 16)  # the intraday protocol's cutoffs
+    daily_horizon: int = 7
+    coverage: float = 0.8
+    head: str = "auto"  # "quantile", "count", or "auto": the lower validation MAE of the P50
+    max_train_rows: int = 200_000
+    seed: int = 7
+    # one thread: OpenMP threads spin-wait, and on a shared 2-core machine two threads were
+    # 9x slower per boosting round than one
+    num_threads: int = 1
+
+    @classmethod
+    def for_freq(cls, freq: str, **kw: Any) -> DemandTrainConfig:
+        windows = {"calib_days": 14, "valid_days": 7} if check_freq(freq) == "h" else {}
+        return cls(**{**windows, **kw})
+
+
+@dataclass(frozen=True)
+class DemandSplit:
+    """First day of each window (local days; each window ends where the next starts)."""
+
+    fit_from: pd.Timestamp
+    valid_from: pd.Timestamp
+    calib_from: pd.Timestamp
+    test_from: pd.Timestamp
+
+
+@dataclass(frozen=True)
+class DemandTrainResult:
+    bundle: DemandBundle
+    split: DemandSplit
+    best_iteration: int
+    head: str
+    validation_mae: dict[str, float]
+    fit_seconds: float
+    n_rows: dict[str, int]
+    calibration: dict[str, list[float]]
+
+
+def make_split(table: pd.DataFrame, test_from: str | pd.Timestamp, config: DemandTrainConfig) -> DemandSplit:
+    test = pd.Timestamp(test_from)
+    if test != test.normalize():
+        raise ValueError(f"test_from: must be a day start, got {test}")
+    first = pd.Timestamp(table[s.TS].min()).normalize()
+    need = config.warmup_days + 7 + config.valid_days + config.calib_days
+    have = (test - first).days
+    if have < need:
+        raise ValueError(
+            f"need at least {need} days before test_from for warm-up, fit, validation and "
+            f"calibration; got {have}"
+        )
+    calib = test - pd.Timedelta(days=config.calib_days)
+    valid = calib - pd.Timedelta(days=config.valid_days)
+    return DemandSplit(first + pd.Timedelta(days=config.warmup_days), valid, calib, test)
+
+
+def window_queries(
+    panel: DemandPanel, start: pd.Timestamp, end: pd.Timestamp, hours: tuple[int, ...], horizon: int | None
+) -> DemandQueries:
+    """Rows whose origins fall in [start, end) (at ``hours`` for hourly data) and whose
+    targets are before ``end``."""
+    days = pd.date_range(start, end - pd.Timedelta(days=1), freq="D")
+    if panel.freq == "h":
+        origins = pd.DatetimeIndex([d + pd.Timedelta(hours=h) for d in days for h in hours])
+    else:
+        origins = days
+    q = make_queries(panel, origins, horizon)
+    return q.take(q.target < panel.index_of(end))
+
+
+def _lgb_params(p: DemandBoosterParams, objective: str, alpha: float, config: DemandTrainConfig) -> dict[str, Any]:
+    return {
+        "objective": objective,
+        "alpha": alpha,
+        "learning_rate": p.learning_rate,
+        "num_leaves": p.num_leaves,
+        "min_child_samples": p.min_child_samples,
+        "feature_fraction": p.feature_fraction,
+        "bagging_fraction": p.bagging_fraction,
+        "bagging_freq": 1,
+        "lambda_l2": p.lambda_l2,
+        "max_bin": p.max_bin,
+        "seed": config.seed,
+        "num_threads": config.num_threads,
+        "verbosity": -1,
+    }
+
+
+def _datasets(names: list[str], X: list[Any], y: list[FloatArray]) -> lgb.Dataset:
+    cats = [n for n in CATEGORICAL if n in names]
+    return lgb.Dataset(np.vstack(X), np.concatenate(y), feature_name=names, categorical_feature=cats, free_raw_data=False)
+
+
+def _early_stopped(params: dict[str, Any], names: list[str], X: tuple[Any, Any], y: tuple[FloatArray, FloatArray], config: DemandTrainConfig) -> tuple[lgb.Booster, int]:
+    """A booster on the fit rows, early-stopped on the validation rows; and its best round."""
+    dtrain = _datasets(names, [X[0]], [y[0]])
+    dvalid = lgb.Dataset(X[1], y[1], reference=dtrain)
+    b = config.booster
+    stop = [lgb.early_stopping(b.early_stopping_rounds, verbose=False)]
+    booster = lgb.train(params, dtrain, b.n_estimators, valid_sets=[dvalid], callbacks=stop)
+    return booster, max(booster.best_iteration or b.n_estimators, 10)
+
+
+def fit_nb_size(y: FloatArray, mean: FloatArray) -> float:
+    """Negative-binomial size (var = mu + mu^2 / size) by maximum likelihood on a grid;
+    infinite (Poisson) when no finite size fits better."""
+    mu = np.maximum(mean, 1e-9)
+    grid = np.geomspace(0.3, 300.0, 41)
+    ll = [stats.nbinom.logpmf(y, r, r / (r + mu)).sum() for r in grid]
+    best = int(np.argmax(ll))
+    return float(grid[best]) if ll[best] > stats.poisson.logpmf(y, mu).sum() else float("inf")
+
+
+def conformal_quantile(score: FloatArray, coverage: float) -> float:
+    """The finite-sample ``ceil((n + 1) coverage) / n`` quantile of the scores."""
+    n = len(score)
+    if n == 0:
+        return 0.0
+    level = min(1.0, np.ceil((n + 1) * coverage) / n)
+    return float(np.quantile(score, level, method="higher"))
+
+
+def mondrian_offsets(score: FloatArray, horizon: npt.ArrayLike, freq: str, coverage: float) -> list[float]:
+    """Conformal offset per horizon bucket (pooled where a bucket has few rows)."""
+    bucket = horizon_bucket(horizon, freq)
+    pooled = conformal_quantile(score, coverage)
+    out = []
+    for b in range(n_buckets(freq)):
+        sb = score[bucket == b]
+        out.append(conformal_quantile(sb, coverage) if len(sb) >= MIN_BUCKET_ROWS else pooled)
+    return out
+
+
+def calibrate(model: FreqModel, panel: DemandPanel, q: DemandQueries, coverage: float, num_threads: int) -> None:
+    """Conformalised quantile regression for the zones, and a window for the bottom-up total."""
+    X = model.featurizer.transform(panel, q)
+    y = panel.values[q.zone, q.target]
+    root, raw = np.sqrt(y), np.sqrt(model.raw(X, num_threads))
+    score = np.maximum(raw[:, 0] - root, root - raw[:, 2])
+    model.conformal = mondrian_offsets(score, q.horizon, model.freq, coverage)
+    mean = model.expected(X, num_threads)
+    g = pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": mean}).groupby(["o", "t"]).sum()
+    h = g.index.get_level_values("t") - g.index.get_level_values("o") + 1
+    tscore = np.abs(np.sqrt(g["y"].to_numpy()) - np.sqrt(np.maximum(g["m"].to_numpy(), 0.0)))
+    model.total_conformal = mondrian_offsets(tscore, h, model.freq, coverage)
+
+
+def _subsample(q: DemandQueries, keep: int, rng: np.random.Generator) -> DemandQueries:
+    if len(q) <= keep:
+        return q
+    mask = np.zeros(len(q), dtype=bool)
+    mask[rng.choice(len(q), size=keep, replace=False)] = True
+    return q.take(mask)
+
+
+def fit_heads(
+    featurizer: DemandFeaturizer, names: list[str], X: tuple[Any, Any], y: tuple[FloatArray, FloatArray], config: DemandTrainConfig
+) -> tuple[FreqModel, int, dict[str, float]]:
+    """Early-stop each head's boosters on the validation rows, keep the head whose P50 has the
+    lower validation MAE (the point every metric scores; the window is calibrated later
+    anyway), refit its boosters (and the Poisson one) on fit + valid."""
+    p = config.booster
+    mean_fit, mean_best = _early_stopped(_lgb_params(p, "poisson", 0.5, config), names, X, y, config)
+    count = FreqModel(featurizer, {MEAN: mean_fit}, head="count")
+    count.nb_size = fit_nb_size(y[1], count.expected(X[1], config.num_threads))
+    losses, best = {}, {"count": mean_best}
+    if config.head in ("count", "auto"):
+        losses["count"] = float(np.mean(np.abs(count.raw(X[1], config.num_threads)[:, 1] - y[1])))
+    z = (np.sqrt(y[0]), np.sqrt(y[1]))
+    quantile = FreqModel(featurizer, {MEAN: mean_fit}, head="quantile")
+    if config.head in ("quantile", "auto"):
+        for alpha in QUANTILES:
+            params = _lgb_params(p, "quantile", alpha, config)
+            quantile.boosters[alpha], best_q = _early_stopped(params, names, X, z, config)
+            best[f"q{alpha:g}"] = best_q
+        losses["quantile"] = float(np.mean(np.abs(quantile.raw(X[1], config.num_threads)[:, 1] - y[1])))
+    model = min((count, quantile), key=lambda m: losses.get(m.head, np.inf))
+    full = _datasets(names, list(X), list(y))
+    model.boosters[MEAN] = lgb.train(_lgb_params(p, "poisson", 0.5, config), full, mean_best)
+    if model.head == "quantile":
+        full_z = _datasets(names, list(X), list(z))
+        for alpha in QUANTILES:
+            params = _lgb_params(p, "quantile", alpha, config)
+            model.boosters[alpha] = lgb.train(params, full_z, best[f"q{alpha:g}"])
+    return model, best["count" if model.head == "count" else "q0.5"], losses
+
+
+def train_demand(
+    table: pd.DataFrame,
+    freq: str,
+    test_from: str | pd.Timestamp,
+    spec: DemandFeatureSpec | None = None,
+    config: DemandTrainConfig | None = None,
+) -> DemandTrainResult:
+    """Fit zone statistics, boosters and calibration on the periods before ``test_from``."""
+    freq = check_freq(freq)
+    config = config or DemandTrainConfig.for_freq(freq)
+    spec = spec or spec_for(freq)
+    if spec.freq != freq:
+        raise ValueError(f"spec: built for freq {spec.freq!r}, training asked for {freq!r}")
+    start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    split = make_split(table, test_from, config)
+    history = table[pd.to_datetime(table[s.TS]) < split.test_from]
+    featurizer = DemandFeaturizer(spec).fit(history)
+    panel = DemandPanel.from_table(history, freq, end=split.test_from, covariates=spec.covariates)
+    horizon = None if freq == "h" else config.daily_horizon
+    hours = config.origin_hours
+    q_fit = _subsample(window_queries(panel, split.fit_from, split.valid_from, hours, horizon), config.max_train_rows, rng)
+    q_val = _subsample(window_queries(panel, split.valid_from, split.calib_from, hours, horizon), config.max_train_rows // 3, rng)
+    q_cal = window_queries(panel, split.calib_from, split.test_from, config.calib_origin_hours, horizon)
+    if config.head not in HEADS:
+        raise ValueError(f"head: must be one of {list(HEADS)}, got {config.head!r}")
+    names = spec.feature_names()
+    X = (featurizer.transform(panel, q_fit), featurizer.transform(panel, q_val))
+    y = (panel.values[q_fit.zone, q_fit.target], panel.values[q_val.zone, q_val.target])
+    model, best, losses = fit_heads(featurizer, names, X, y, config)
+    calibrate(model, panel, q_cal, config.coverage, config.num_threads)
+    window = (str(panel.start), str(split.test_from))
+    bundle = DemandBundle({freq: model}, training_window=window, num_threads=1)
+    return DemandTrainResult(
+        bundle=bundle,
+        split=split,
+        best_iteration=best,
+        head=model.head,
+        validation_mae=losses,
+        fit_seconds=time.perf_counter() - start,
+        n_rows={"fit": len(q_fit), "valid": len(q_val), "calibration": len(q_cal)},
+        calibration={"zones": model.conformal, "total": model.total_conformal},
+    )
