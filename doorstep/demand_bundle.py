@@ -79,8 +79,20 @@ class FreqModel:
     def freq(self) -> str:
         return str(self.featurizer.spec_.freq)
 
+    def log_offset(self, X: npt.NDArray[np.float32]) -> FloatArray:
+        """The Poisson booster's fixed offset: log of the city's volume so far today over its
+        usual volume by this hour (0 at midnight). A promotion or a post-holiday rebound
+        shows in the morning far outside anything the trees saw; as an offset it scales the
+        rest of the day directly, and the trees only learn corrections to it."""
+        names = self.featurizer.spec_.feature_names()
+        if "total_today_ratio" not in names:
+            return np.zeros(len(X))
+        r = X[:, names.index("total_today_ratio")].astype(np.float64)
+        return np.where(np.isfinite(r) & (r > 0), np.log(np.where(r > 0, r, 1.0)), 0.0)
+
     def expected(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
-        return np.asarray(self.boosters[MEAN].predict(X, num_threads=num_threads), dtype=np.float64)
+        raw = self.boosters[MEAN].predict(X, num_threads=num_threads, raw_score=True)
+        return np.exp(np.asarray(raw, dtype=np.float64) + self.log_offset(X))
 
     def raw(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
         """Uncalibrated P10, P50, P90 in parcels, never crossing: shape (n, 3)."""

@@ -158,15 +158,25 @@ def _lgb_params(p: DemandBoosterParams, objective: str, alpha: float, config: De
     }
 
 
-def _datasets(names: list[str], X: list[Any], y: list[FloatArray]) -> lgb.Dataset:
+def _datasets(names: list[str], X: list[Any], y: list[FloatArray], init: list[FloatArray] | None = None) -> lgb.Dataset:
     cats = [n for n in CATEGORICAL if n in names]
-    return lgb.Dataset(np.vstack(X), np.concatenate(y), feature_name=names, categorical_feature=cats, free_raw_data=False)
+    score = np.concatenate(init) if init is not None else None
+    return lgb.Dataset(
+        np.vstack(X), np.concatenate(y), init_score=score, feature_name=names, categorical_feature=cats, free_raw_data=False
+    )
 
 
-def _early_stopped(params: dict[str, Any], names: list[str], X: tuple[Any, Any], y: tuple[FloatArray, FloatArray], config: DemandTrainConfig) -> tuple[lgb.Booster, int]:
+def _early_stopped(
+    params: dict[str, Any],
+    names: list[str],
+    X: tuple[Any, Any],
+    y: tuple[FloatArray, FloatArray],
+    config: DemandTrainConfig,
+    init: tuple[FloatArray, FloatArray] | None = None,
+) -> tuple[lgb.Booster, int]:
     """A booster on the fit rows, early-stopped on the validation rows; and its best round."""
-    dtrain = _datasets(names, [X[0]], [y[0]])
-    dvalid = lgb.Dataset(X[1], y[1], reference=dtrain)
+    dtrain = _datasets(names, [X[0]], [y[0]], None if init is None else [init[0]])
+    dvalid = lgb.Dataset(X[1], y[1], init_score=None if init is None else init[1], reference=dtrain)
     b = config.booster
     stop = [lgb.early_stopping(b.early_stopping_rounds, verbose=False)]
     booster = lgb.train(params, dtrain, b.n_estimators, valid_sets=[dvalid], callbacks=stop)
@@ -232,8 +242,11 @@ def fit_heads(
     lower validation MAE (the point every metric scores; the window is calibrated later
     anyway), refit its boosters (and the Poisson one) on fit + valid."""
     p = config.booster
-    mean_fit, mean_best = _early_stopped(_lgb_params(p, "poisson", 0.5, config), names, X, y, config)
-    count = FreqModel(featurizer, {MEAN: mean_fit}, head="count")
+    count = FreqModel(featurizer, {}, head="count")
+    offset = (count.log_offset(X[0]), count.log_offset(X[1]))
+    poisson = _lgb_params(p, "poisson", 0.5, config)
+    mean_fit, mean_best = _early_stopped(poisson, names, X, y, config, offset)
+    count.boosters[MEAN] = mean_fit
     count.nb_size = fit_nb_size(y[1], count.expected(X[1], config.num_threads))
     losses, best = {}, {"count": mean_best}
     if config.head in ("count", "auto"):
@@ -247,8 +260,7 @@ def fit_heads(
             best[f"q{alpha:g}"] = best_q
         losses["quantile"] = float(np.mean(np.abs(quantile.raw(X[1], config.num_threads)[:, 1] - y[1])))
     model = min((count, quantile), key=lambda m: losses.get(m.head, np.inf))
-    full = _datasets(names, list(X), list(y))
-    model.boosters[MEAN] = lgb.train(_lgb_params(p, "poisson", 0.5, config), full, mean_best)
+    model.boosters[MEAN] = lgb.train(poisson, _datasets(names, list(X), list(y), list(offset)), mean_best)
     if model.head == "quantile":
         full_z = _datasets(names, list(X), list(z))
         for alpha in QUANTILES:
