@@ -41,6 +41,7 @@ QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 MEAN = "mean"
 P10, P50, P90, HORIZON = "p10", "p50", "p90", "horizon"
 # Horizon buckets (periods ahead, 1 = the origin's own period) for Mondrian calibration.
+LEVEL_FLOOR = 0.05  # parcels per period: the level of a zone with no history yet
 QUIET_EVIDENCE = float(np.log(1e6))  # a zero run this unlikely means the zone has closed
 HORIZON_EDGES: dict[str, tuple[int, ...]] = {"h": (2, 6, 12), "d": (1, 3)}
 
@@ -71,6 +72,10 @@ class FreqModel:
     featurizer: DemandFeaturizer
     boosters: dict[float | str, lgb.Booster]
     head: str = "quantile"  # or "count"
+    # a feature holding each row's expected level (e.g. "level_profile_28"): boosters then learn
+    # corrections to it (log scale for the Poisson booster, sqrt scale for the quantile ones)
+    # and forecasts can follow a level the trees never saw; None: boosters learn levels too
+    level_feature: str | None = None
     nb_size: float = np.inf  # negative-binomial size of the count head (inf: Poisson)
     conformal: list[float] = field(default_factory=list)  # per horizon bucket, sqrt scale
     total_conformal: list[float] = field(default_factory=list)  # per bucket, sqrt(total) scale
@@ -85,24 +90,38 @@ class FreqModel:
         shows in the morning far outside anything the trees saw; as an offset it scales the
         rest of the day directly, and the trees only learn corrections to it."""
         names = self.featurizer.spec_.feature_names()
+        out = np.log(self.level(X)) if self.level_feature else np.zeros(len(X))
         if "total_today_ratio" not in names:
-            return np.zeros(len(X))
+            return out
         r = X[:, names.index("total_today_ratio")].astype(np.float64)
-        return np.where(np.isfinite(r) & (r > 0), np.log(np.where(r > 0, r, 1.0)), 0.0)
+        return out + np.where(np.isfinite(r) & (r > 0), np.log(np.where(r > 0, r, 1.0)), 0.0)
+
+    def level(self, X: npt.NDArray[np.float32]) -> FloatArray:
+        """The level feature per row, floored (a new zone has none yet)."""
+        names = self.featurizer.spec_.feature_names()
+        v = X[:, names.index(str(self.level_feature))].astype(np.float64)
+        return np.maximum(np.nan_to_num(v, nan=LEVEL_FLOOR), LEVEL_FLOOR)
+
+    def sqrt_base(self, X: npt.NDArray[np.float32]) -> FloatArray:
+        """What the quantile boosters' sqrt-scale output is added to."""
+        return np.sqrt(self.level(X)) if self.level_feature else np.zeros(len(X))
 
     def expected(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
         raw = self.boosters[MEAN].predict(X, num_threads=num_threads, raw_score=True)
         return np.exp(np.asarray(raw, dtype=np.float64) + self.log_offset(X))
 
     def raw(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
-        """Uncalibrated P10, P50, P90 in parcels, never crossing: shape (n, 3)."""
+        """Uncalibrated P10, P50, P90 in parcels, never crossing, zero for a quiet zone:
+        shape (n, 3). Calibration is fitted on exactly this."""
         if self.head == "count":
             out = nb_quantiles(self.expected(X, num_threads), self.nb_size)
         else:
             preds = [self.boosters[q].predict(X, num_threads=num_threads) for q in QUANTILES]
-            out = np.maximum(np.sort(np.column_stack(preds), axis=1), 0.0) ** 2
+            shifted = np.column_stack(preds) + self.sqrt_base(X)[:, None]
+            out = np.maximum(np.sort(shifted, axis=1), 0.0) ** 2
         out[:, 0] = np.minimum(out[:, 0], out[:, 1])
         out[:, 2] = np.maximum(out[:, 2], out[:, 1])
+        out[self.quiet(X)] = 0.0
         return out
 
     def quiet(self, X: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
@@ -115,16 +134,20 @@ class FreqModel:
         evidence = X[:, names.index("zero_run")] * X[:, names.index("zone_mean")]
         return np.nan_to_num(evidence.astype(np.float64)) >= QUIET_EVIDENCE
 
-    def predict(self, X: npt.NDArray[np.float32], horizon: npt.ArrayLike, num_threads: int = 1) -> DemandPrediction:
+    def predict(
+        self, X: npt.NDArray[np.float32], horizon: npt.ArrayLike, num_threads: int = 1
+    ) -> DemandPrediction:
         raw = self.raw(X, num_threads)
-        widen = np.asarray(self.conformal)[horizon_bucket(horizon, self.freq)] if self.conformal else 0.0
+        widen = (
+            np.asarray(self.conformal)[horizon_bucket(horizon, self.freq)]
+            if self.conformal
+            else 0.0
+        )
         p10 = np.maximum(np.sqrt(raw[:, 0]) - widen, 0.0) ** 2
         p90 = np.maximum(np.sqrt(raw[:, 2]) + widen, 0.0) ** 2
         p50 = raw[:, 1]
+        mean = np.where(self.quiet(X), 0.0, self.expected(X, num_threads))
         # a negative offset narrows the window; the point stays and the window keeps it inside
-        mean = self.expected(X, num_threads) if MEAN in self.boosters else p50
-        keep = ~self.quiet(X)
-        p10, p50, p90, mean = (np.where(keep, v, 0.0) for v in (p10, p50, p90, mean))
         return DemandPrediction(np.minimum(p10, p50), p50, np.maximum(p90, p50), mean)
 
 
@@ -221,15 +244,17 @@ class DemandBundle:
         mean = g[MEAN].to_numpy(float)
         p10, p90 = total_window(mean, offset)
         p10, p90 = np.minimum(p10, mean), np.maximum(p90, mean)
-        return pd.DataFrame(
-            {s.TS: g.index, P10: p10, P50: mean, P90: p90, MEAN: mean}
-        ).reset_index(drop=True)
+        return pd.DataFrame({s.TS: g.index, P10: p10, P50: mean, P90: p90, MEAN: mean}).reset_index(
+            drop=True
+        )
 
 
 def check_feature_set(bundle: DemandBundle) -> None:
     """Serving refuses a bundle whose feature set or feature names it does not know."""
     if bundle.feature_set != FEATURE_SET:
-        raise ValueError(f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}")
+        raise ValueError(
+            f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}"
+        )
     for freq, m in bundle.models.items():
         if m.boosters[0.5].feature_name() != m.featurizer.spec_.feature_names():
             raise ValueError(f"feature_set: the {freq} model's features differ from its spec")

@@ -29,7 +29,14 @@ from features.demand import check_freq
 FEATURE_SET = "demand_v1"
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-CALENDAR_ITEMS: tuple[str, ...] = ("hour", "weekday", "day_of_month", "holiday", "day_off", "days_after_holiday")
+CALENDAR_ITEMS: tuple[str, ...] = (
+    "hour",
+    "weekday",
+    "day_of_month",
+    "holiday",
+    "day_off",
+    "days_after_holiday",
+)
 ROLLING_STATS: tuple[str, ...] = ("mean", "std")
 CATEGORICAL: tuple[str, ...] = ("zone",)
 PERIODS_PER_DAY = {"h": 24, "d": 1}
@@ -49,7 +56,14 @@ class DemandFeatureSpec:
 
     freq: s.Freq = "h"
     lags: tuple[int, ...] = (1, 2, 24, 168)
-    rolling: tuple[tuple[str, int], ...] = (("mean", 1), ("mean", 3), ("mean", 24), ("mean", 168), ("mean", 672), ("std", 168))
+    rolling: tuple[tuple[str, int], ...] = (
+        ("mean", 1),
+        ("mean", 3),
+        ("mean", 24),
+        ("mean", 168),
+        ("mean", 672),
+        ("std", 168),
+    )
     seasonal: tuple[tuple[int, int], ...] = ((24, 1), (24, 7), (168, 1), (168, 4))
     level_profiles: tuple[int, ...] = (168, 672)
     calendar: tuple[str, ...] = ("hour", "weekday", "holiday", "day_off", "days_after_holiday")
@@ -58,6 +72,7 @@ class DemandFeatureSpec:
     total_ratios: tuple[tuple[int, int], ...] = ((24, 168), (168, 672))
     observed_today: bool = True
     zero_run: bool = True
+    skip_holidays_in_levels: bool = True
     covariates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -81,7 +96,15 @@ class DemandFeatureSpec:
         base: dict[str, object] = {
             "freq": "d",
             "lags": (1, 2, 7, 14),
-            "rolling": (("mean", 1), ("mean", 3), ("mean", 7), ("mean", 14), ("mean", 28), ("mean", 56), ("std", 28)),
+            "rolling": (
+                ("mean", 1),
+                ("mean", 3),
+                ("mean", 7),
+                ("mean", 14),
+                ("mean", 28),
+                ("mean", 56),
+                ("std", 28),
+            ),
             "seasonal": ((7, 1), (7, 4), (7, 8)),
             "level_profiles": (14, 28),
             "calendar": ("weekday", "holiday", "day_off", "days_after_holiday"),
@@ -93,6 +116,7 @@ class DemandFeatureSpec:
 
     @classmethod
     def hourly(cls, holidays_country: str | None = None, **kw: object) -> DemandFeatureSpec:
+        """Defaults for hourly data: daily and weekly seasonality, today's volume so far."""
         return cls(**{"holidays_country": holidays_country, **kw})  # type: ignore[arg-type]
 
     @property
@@ -115,9 +139,18 @@ class DemandFeatureSpec:
         return names + [f"cov_{c}" for c in self.covariates]
 
 
+def period(freq: str) -> pd.Timedelta:
+    """The length of one period of ``freq``."""
+    return pd.Timedelta(hours=1) if check_freq(freq) == "h" else pd.Timedelta(days=1)
+
+
 def spec_for(freq: str, holidays_country: str | None = None) -> DemandFeatureSpec:
     freq = check_freq(freq)
-    return DemandFeatureSpec.hourly(holidays_country) if freq == "h" else DemandFeatureSpec.daily(holidays_country)
+    return (
+        DemandFeatureSpec.hourly(holidays_country)
+        if freq == "h"
+        else DemandFeatureSpec.daily(holidays_country)
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +177,8 @@ class DemandPanel:
         to the last period with a volume; volumes at or after ``end`` are ignored, covariates
         of later rows are kept (they are known in advance)."""
         freq = check_freq(freq)
-        step = pd.Timedelta(1, unit=s.FREQ_OFFSETS[freq].lower())
+        step = period(freq)
+        table = table[table[s.ZONE_ID].notna() & table[s.TS].notna()]
         ts = pd.to_datetime(table[s.TS]).astype("datetime64[ns]")
         zone_ids = table[s.ZONE_ID].astype("string")
         has_volume = table[s.VOLUME].notna().to_numpy()
@@ -175,7 +209,7 @@ class DemandPanel:
 
     @property
     def step(self) -> pd.Timedelta:
-        return pd.Timedelta(1, unit=s.FREQ_OFFSETS[self.freq].lower())
+        return period(self.freq)
 
     @property
     def n_periods(self) -> int:
@@ -202,12 +236,6 @@ class DemandPanel:
         last = np.maximum.accumulate(stop, axis=1)  # the latest non-zero period so far
         runs = idx[None, :] - last
         return np.hstack([np.zeros((len(self.zones), 1), dtype=np.int64), runs]).astype(np.int64)
-
-    @cached_property
-    def total(self) -> FloatArray:
-        """The city total per period, shape (1, n); NaN where no zone is known."""
-        known = np.isfinite(self.values).any(axis=0)
-        return np.where(known, np.nansum(self.values, axis=0), np.nan)[None, :]
 
 
 @dataclass(frozen=True)
@@ -252,7 +280,9 @@ def make_queries(
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return DemandQueries(empty, empty, empty)
-    return DemandQueries(*(np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(3)))
+    return DemandQueries(
+        *(np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(3))
+    )
 
 
 def gather(values: FloatArray, zone: IntArray, idx: IntArray, origin: IntArray) -> FloatArray:
@@ -294,7 +324,10 @@ def calendar_table(days: pd.DatetimeIndex, country: str | None) -> pd.DataFrame:
     days off holding a public holiday, so the weekend glued to a holiday counts), ``day_off``
     (weekend or holiday, not a make-up working day) and days since the last break day."""
     days = pd.DatetimeIndex(days).normalize()
-    lo, hi = days.min() - pd.Timedelta(days=AFTER_HOLIDAY_CAP + 7), days.max() + pd.Timedelta(days=7)
+    lo, hi = (
+        days.min() - pd.Timedelta(days=AFTER_HOLIDAY_CAP + 7),
+        days.max() + pd.Timedelta(days=7),
+    )
     span = pd.date_range(lo, hi, freq="D")
     public = np.zeros(len(span), dtype=bool)
     workday = np.zeros(len(span), dtype=bool)
@@ -341,7 +374,9 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         v = np.nan_to_num(panel.values)
         by_pos = np.stack([v[:, pos == p].sum(axis=1) for p in range(spec.season)], axis=1)
         city = by_pos.sum(axis=0) / max(by_pos.sum(), 1e-12)
-        share = (by_pos + PROFILE_PRIOR * city) / (by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR)
+        share = (by_pos + PROFILE_PRIOR * city) / (
+            by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR
+        )
         self.zones_ = panel.zones
         self.zone_mean_ = nanmean_rows(panel.values)
         self.city_profile_ = city * spec.season
@@ -355,18 +390,33 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         ts = panel.ts_of(idx)
         return np.asarray(ts.hour if panel.freq == "h" else ts.dayofweek, dtype=np.int64)
 
+    def _usual(self, panel: DemandPanel, spec: DemandFeatureSpec) -> FloatArray:
+        """Volume for level features: holiday-break periods left out (unknown), so the
+        windows after a break describe a usual day, not the break. Lags keep every period."""
+        if not (spec.skip_holidays_in_levels and spec.holidays_country):
+            return panel.values
+        days = panel.ts_of(np.arange(panel.n_periods)).normalize()
+        cal = calendar_table(days.unique(), spec.holidays_country)
+        in_break = cal["holiday"].reindex(days).to_numpy() > 0
+        return np.where(in_break[None, :], np.nan, panel.values)
+
     def transform(self, panel: DemandPanel, q: DemandQueries) -> npt.NDArray[np.float32]:
         check_is_fitted(self, "zone_mean_")
         spec: DemandFeatureSpec = self.spec_
         if panel.freq != spec.freq:
-            raise ValueError(f"freq: the featurizer is for {spec.freq!r} data, the panel is {panel.freq!r}")
+            raise ValueError(
+                f"freq: the featurizer is for {spec.freq!r} data, the panel is {panel.freq!r}"
+            )
         cols = self._columns(panel, q, spec)
         return np.column_stack([cols[n] for n in spec.feature_names()]).astype(np.float32)
 
-    def _columns(self, panel: DemandPanel, q: DemandQueries, spec: DemandFeatureSpec) -> dict[str, FloatArray]:
+    def _columns(
+        self, panel: DemandPanel, q: DemandQueries, spec: DemandFeatureSpec
+    ) -> dict[str, FloatArray]:
         z, o, t = q.zone, q.origin, q.target
         h = q.horizon
-        win, tot = _Windows(panel.values), _Windows(panel.total)
+        usual = self._usual(panel, spec)
+        win, tot = _Windows(usual), _Windows(city_total(usual))
         zero = np.zeros(len(z), dtype=np.int64)
         cols: dict[str, FloatArray] = {"horizon": h.astype(float)}
         origin_ts = panel.ts_of(o)
@@ -378,40 +428,56 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             cols[f"roll_{st}_{w}"] = win.stat(z, o - w, o, st)
         for p, n in spec.seasonal:
             j0 = -(-h // p)
-            vals = np.column_stack([gather(panel.values, z, t - p * (j0 + j), o) for j in range(n)])
+            vals = np.column_stack([gather(usual, z, t - p * (j0 + j), o) for j in range(n)])
             cols[f"seas_mean_{p}x{n}"] = nanmean_rows(vals)
         codes = self.zones_.get_indexer(panel.zones)[z]
         known = codes >= 0
         pos = self._position(panel, t)
-        profile = np.where(known, self.zone_profile_[np.maximum(codes, 0), pos], self.city_profile_[pos])
+        profile = np.where(
+            known, self.zone_profile_[np.maximum(codes, 0), pos], self.city_profile_[pos]
+        )
         for w in spec.level_profiles:
             cols[f"level_profile_{w}"] = win.stat(z, o - w, o, "mean") * profile
         if spec.calendar:
             target_ts = panel.ts_of(t)
             cal = calendar_table(target_ts, spec.holidays_country)
             for c in spec.calendar:
-                cols[c] = np.asarray(target_ts.hour, dtype=float) if c == "hour" else cal[c].to_numpy(float)
+                cols[c] = (
+                    np.asarray(target_ts.hour, dtype=float)
+                    if c == "hour"
+                    else cal[c].to_numpy(float)
+                )
         if spec.zero_run:
             cap = ZERO_RUN_CAP_DAYS * PERIODS_PER_DAY[spec.freq]
-            cols["zero_run"] = np.minimum(panel.zero_runs[z, np.minimum(o, panel.n_periods)], cap).astype(float)
+            cols["zero_run"] = np.minimum(
+                panel.zero_runs[z, np.minimum(o, panel.n_periods)], cap
+            ).astype(float)
         if spec.zone:
             cols["zone"] = np.where(known, codes, np.nan).astype(float)
             cols["zone_mean"] = np.where(known, self.zone_mean_[np.maximum(codes, 0)], np.nan)
             cols["zone_profile"] = profile
         with np.errstate(invalid="ignore", divide="ignore"):
             for a, b in spec.total_ratios:
-                cols[f"total_ratio_{a}_{b}"] = tot.stat(zero, o - a, o, "mean") / tot.stat(zero, o - b, o, "mean")
+                cols[f"total_ratio_{a}_{b}"] = tot.stat(zero, o - a, o, "mean") / tot.stat(
+                    zero, o - b, o, "mean"
+                )
             if spec.observed_today:
                 elapsed = np.asarray(origin_ts.hour, dtype=np.int64)
                 ds = o - elapsed
-                so_far = np.where(elapsed > 0, win.stat(z, ds, o, "sum"), 0.0)
+                # today as observed (holiday or not) against the usual days' same hours
+                raw, raw_tot = _Windows(panel.values), _Windows(city_total(panel.values))
+                so_far = np.where(elapsed > 0, raw.stat(z, ds, o, "sum"), 0.0)
+                t_so_far = np.where(elapsed > 0, raw_tot.stat(zero, ds, o, "sum"), 0.0)
                 expected = _mean_over_days(win, z, ds, o, 7)
-                t_so_far = np.where(elapsed > 0, tot.stat(zero, ds, o, "sum"), 0.0)
                 t_expected = _mean_over_days(tot, zero, ds, o, 7)
                 cols["today_so_far"] = so_far
                 cols["today_expected"] = expected
-                cols["today_ratio"] = np.where(elapsed > 0, (so_far + 0.5) / (expected + 0.5), np.nan)
-                cols["total_today_ratio"] = np.where(elapsed > 0, (t_so_far + 0.5) / (t_expected + 0.5), np.nan)
+                cols["today_ratio"] = np.where(
+                    elapsed > 0, (so_far + 0.5) / (expected + 0.5), np.nan
+                )
+                cols["total_today_ratio"] = np.where(
+                    elapsed > 0, (t_so_far + 0.5) / (t_expected + 0.5), np.nan
+                )
         for c in spec.covariates:
             mat = panel.covariates.get(c)
             if mat is None:
@@ -421,10 +487,18 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         return cols
 
 
+def city_total(values: FloatArray) -> FloatArray:
+    """The sum over zones per period, shape (1, n); NaN where no zone is known."""
+    known = np.isfinite(values).any(axis=0)
+    return np.where(known, np.nansum(values, axis=0), np.nan)[None, :]
+
+
 def _mean_over_days(win: _Windows, z: IntArray, a: IntArray, b: IntArray, days: int) -> FloatArray:
     """Mean over the last ``days`` days of the volume in the same clock hours [a, b) (hourly);
     0 for an empty range (a midnight origin has observed nothing yet)."""
-    parts = np.column_stack([win.stat(z, a - 24 * d, b - 24 * d, "sum") for d in range(1, days + 1)])
+    parts = np.column_stack(
+        [win.stat(z, a - 24 * d, b - 24 * d, "sum") for d in range(1, days + 1)]
+    )
     return np.where(b > a, nanmean_rows(parts), 0.0)
 
 

@@ -49,7 +49,11 @@ def run_demand_benchmark(
     config: DemandTrainConfig | None = None,
     spec: DemandFeatureSpec | None = None,
 ) -> dict[str, Any]:
-    """Train before ``test_from``, score every protocol of ``freq`` and every baseline."""
+    """Train before ``test_from``, score every protocol of ``freq`` and every baseline.
+
+    ``spec`` (default: ``spec_for(freq, holidays_country)``) and ``config`` (default:
+    ``DemandTrainConfig.for_freq(freq)``) are for experiments; the CLI passes neither.
+    """
     freq = check_freq(freq)
     test = pd.Timestamp(test_from)
     ts = pd.to_datetime(table[s.TS])
@@ -73,7 +77,9 @@ def run_demand_benchmark(
         entry: dict[str, Any] = {
             "n_points": len(q),
             "model": metrics(y, pred, q.zone, scale),
-            "baselines": {k: metrics(y, v, q.zone, scale) for k, v in baseline_predictions(panel, q).items()},
+            "baselines": {
+                k: metrics(y, v, q.zone, scale) for k, v in baseline_predictions(panel, q).items()
+            },
             "by_horizon": by_group(y, pred, q.zone, scale, q.horizon),
             "total": _total(y, pred, q, model.total_conformal, freq),
         }
@@ -100,13 +106,20 @@ def run_demand_benchmark(
     }
 
 
-def _total(y: np.ndarray, pred: DemandPrediction, q: DemandQueries, offsets: list[float], freq: str) -> dict[str, Any]:
+def _total(
+    y: np.ndarray, pred: DemandPrediction, q: DemandQueries, offsets: list[float], freq: str
+) -> dict[str, Any]:
     """The bottom-up city total per (origin, period): sum of zone means, its calibrated window."""
-    g = pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": pred.mean}).groupby(["o", "t"]).sum()
-    h = (g.index.get_level_values("t") - g.index.get_level_values("o") + 1).to_numpy()
+    g = (
+        pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": pred.mean})
+        .groupby(["o", "t"])
+        .sum()
+    )
+    h = np.asarray(g.index.get_level_values("t") - g.index.get_level_values("o")) + 1
     off = np.asarray(offsets)[horizon_bucket(h, freq)] if offsets else np.zeros(len(g))
     lo, hi = total_window(g["m"].to_numpy(), off)
-    yt, err = g["y"].to_numpy(), np.abs(g["m"] - g["y"]).to_numpy()
+    yt = g["y"].to_numpy()
+    err = np.abs(g["m"].to_numpy() - yt)
     return {
         "n_points": len(g),
         "mae": float(err.mean()),

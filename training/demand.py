@@ -1,4 +1,4 @@
-"""Train the demand bundle: time-split windows, LightGBM quantile boosters, conformal calibration.
+"""Train the demand bundle: time-split windows, LightGBM boosters, conformal calibration.
 
 Windows (by the origin's local day, never a random split; a window's rows forecast only
 periods inside it):
@@ -9,6 +9,11 @@ Features are point-in-time (only periods before each row's origin), so one panel
 before ``test_from`` serves every window. The boosters never see the calibration days.
 Hourly training origins are spread over the day (00:00 plans the whole day, later origins see
 what has arrived so far); calibration uses the protocol's own cutoffs.
+
+Two heads are fitted on the same rows and the one whose P50 has the lower validation MAE is kept
+(``doorstep.demand_bundle`` says why there are two): LightGBM quantile boosters on sqrt(volume),
+or a Poisson booster with a negative-binomial spread. The Poisson booster is always kept: the
+bottom-up total is the sum of its expected volumes.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class DemandTrainConfig:
     daily_horizon: int = 7
     coverage: float = 0.8
     head: str = "auto"  # "quantile", "count", or "auto": the lower validation MAE of the P50
+    level_feature: str | None = None  # see FreqModel.level_feature
     max_train_rows: int = 200_000
     seed: int = 7
     # one thread: OpenMP threads spin-wait, and on a shared 2-core machine two threads were
@@ -109,7 +115,9 @@ class DemandTrainResult:
     calibration: dict[str, list[float]]
 
 
-def make_split(table: pd.DataFrame, test_from: str | pd.Timestamp, config: DemandTrainConfig) -> DemandSplit:
+def make_split(
+    table: pd.DataFrame, test_from: str | pd.Timestamp, config: DemandTrainConfig
+) -> DemandSplit:
     test = pd.Timestamp(test_from)
     if test != test.normalize():
         raise ValueError(f"test_from: must be a day start, got {test}")
@@ -127,7 +135,11 @@ def make_split(table: pd.DataFrame, test_from: str | pd.Timestamp, config: Deman
 
 
 def window_queries(
-    panel: DemandPanel, start: pd.Timestamp, end: pd.Timestamp, hours: tuple[int, ...], horizon: int | None
+    panel: DemandPanel,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    hours: tuple[int, ...],
+    horizon: int | None,
 ) -> DemandQueries:
     """Rows whose origins fall in [start, end) (at ``hours`` for hourly data) and whose
     targets are before ``end``."""
@@ -140,7 +152,9 @@ def window_queries(
     return q.take(q.target < panel.index_of(end))
 
 
-def _lgb_params(p: DemandBoosterParams, objective: str, alpha: float, config: DemandTrainConfig) -> dict[str, Any]:
+def _lgb_params(
+    p: DemandBoosterParams, objective: str, alpha: float, config: DemandTrainConfig
+) -> dict[str, Any]:
     return {
         "objective": objective,
         "alpha": alpha,
@@ -158,11 +172,18 @@ def _lgb_params(p: DemandBoosterParams, objective: str, alpha: float, config: De
     }
 
 
-def _datasets(names: list[str], X: list[Any], y: list[FloatArray], init: list[FloatArray] | None = None) -> lgb.Dataset:
+def _datasets(
+    names: list[str], X: list[Any], y: list[FloatArray], init: list[FloatArray] | None = None
+) -> lgb.Dataset:
     cats = [n for n in CATEGORICAL if n in names]
     score = np.concatenate(init) if init is not None else None
     return lgb.Dataset(
-        np.vstack(X), np.concatenate(y), init_score=score, feature_name=names, categorical_feature=cats, free_raw_data=False
+        np.vstack(X),
+        np.concatenate(y),
+        init_score=score,
+        feature_name=names,
+        categorical_feature=cats,
+        free_raw_data=False,
     )
 
 
@@ -178,7 +199,7 @@ def _early_stopped(
     dtrain = _datasets(names, [X[0]], [y[0]], None if init is None else [init[0]])
     dvalid = lgb.Dataset(X[1], y[1], init_score=None if init is None else init[1], reference=dtrain)
     b = config.booster
-    stop = [lgb.early_stopping(b.early_stopping_rounds, verbose=False)]
+    stop: list[Any] = [lgb.early_stopping(b.early_stopping_rounds, verbose=False)]
     booster = lgb.train(params, dtrain, b.n_estimators, valid_sets=[dvalid], callbacks=stop)
     return booster, max(booster.best_iteration or b.n_estimators, 10)
 
@@ -202,7 +223,9 @@ def conformal_quantile(score: FloatArray, coverage: float) -> float:
     return float(np.quantile(score, level, method="higher"))
 
 
-def mondrian_offsets(score: FloatArray, horizon: npt.ArrayLike, freq: str, coverage: float) -> list[float]:
+def mondrian_offsets(
+    score: FloatArray, horizon: npt.ArrayLike, freq: str, coverage: float
+) -> list[float]:
     """Conformal offset per horizon bucket (pooled where a bucket has few rows)."""
     bucket = horizon_bucket(horizon, freq)
     pooled = conformal_quantile(score, coverage)
@@ -213,14 +236,16 @@ def mondrian_offsets(score: FloatArray, horizon: npt.ArrayLike, freq: str, cover
     return out
 
 
-def calibrate(model: FreqModel, panel: DemandPanel, q: DemandQueries, coverage: float, num_threads: int) -> None:
+def calibrate(
+    model: FreqModel, panel: DemandPanel, q: DemandQueries, coverage: float, num_threads: int
+) -> None:
     """Conformalised quantile regression for the zones, and a window for the bottom-up total."""
     X = model.featurizer.transform(panel, q)
     y = panel.values[q.zone, q.target]
     root, raw = np.sqrt(y), np.sqrt(model.raw(X, num_threads))
     score = np.maximum(raw[:, 0] - root, root - raw[:, 2])
     model.conformal = mondrian_offsets(score, q.horizon, model.freq, coverage)
-    mean = model.expected(X, num_threads)
+    mean = model.predict(X, q.horizon, num_threads).mean
     g = pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": mean}).groupby(["o", "t"]).sum()
     h = g.index.get_level_values("t") - g.index.get_level_values("o") + 1
     tscore = np.abs(np.sqrt(g["y"].to_numpy()) - np.sqrt(np.maximum(g["m"].to_numpy(), 0.0)))
@@ -236,13 +261,17 @@ def _subsample(q: DemandQueries, keep: int, rng: np.random.Generator) -> DemandQ
 
 
 def fit_heads(
-    featurizer: DemandFeaturizer, names: list[str], X: tuple[Any, Any], y: tuple[FloatArray, FloatArray], config: DemandTrainConfig
+    featurizer: DemandFeaturizer,
+    names: list[str],
+    X: tuple[Any, Any],
+    y: tuple[FloatArray, FloatArray],
+    config: DemandTrainConfig,
 ) -> tuple[FreqModel, int, dict[str, float]]:
     """Early-stop each head's boosters on the validation rows, keep the head whose P50 has the
     lower validation MAE (the point every metric scores; the window is calibrated later
     anyway), refit its boosters (and the Poisson one) on fit + valid."""
     p = config.booster
-    count = FreqModel(featurizer, {}, head="count")
+    count = FreqModel(featurizer, {}, head="count", level_feature=config.level_feature)
     offset = (count.log_offset(X[0]), count.log_offset(X[1]))
     poisson = _lgb_params(p, "poisson", 0.5, config)
     mean_fit, mean_best = _early_stopped(poisson, names, X, y, config, offset)
@@ -251,16 +280,22 @@ def fit_heads(
     losses, best = {}, {"count": mean_best}
     if config.head in ("count", "auto"):
         losses["count"] = float(np.mean(np.abs(count.raw(X[1], config.num_threads)[:, 1] - y[1])))
-    z = (np.sqrt(y[0]), np.sqrt(y[1]))
-    quantile = FreqModel(featurizer, {MEAN: mean_fit}, head="quantile")
+    quantile = FreqModel(
+        featurizer, {MEAN: mean_fit}, head="quantile", level_feature=config.level_feature
+    )
+    z = (np.sqrt(y[0]) - quantile.sqrt_base(X[0]), np.sqrt(y[1]) - quantile.sqrt_base(X[1]))
     if config.head in ("quantile", "auto"):
         for alpha in QUANTILES:
             params = _lgb_params(p, "quantile", alpha, config)
             quantile.boosters[alpha], best_q = _early_stopped(params, names, X, z, config)
             best[f"q{alpha:g}"] = best_q
-        losses["quantile"] = float(np.mean(np.abs(quantile.raw(X[1], config.num_threads)[:, 1] - y[1])))
+        losses["quantile"] = float(
+            np.mean(np.abs(quantile.raw(X[1], config.num_threads)[:, 1] - y[1]))
+        )
     model = min((count, quantile), key=lambda m: losses.get(m.head, np.inf))
-    model.boosters[MEAN] = lgb.train(poisson, _datasets(names, list(X), list(y), list(offset)), mean_best)
+    model.boosters[MEAN] = lgb.train(
+        poisson, _datasets(names, list(X), list(y), list(offset)), mean_best
+    )
     if model.head == "quantile":
         full_z = _datasets(names, list(X), list(z))
         for alpha in QUANTILES:
@@ -282,6 +317,8 @@ def train_demand(
     spec = spec or spec_for(freq)
     if spec.freq != freq:
         raise ValueError(f"spec: built for freq {spec.freq!r}, training asked for {freq!r}")
+    if config.head not in HEADS:
+        raise ValueError(f"head: must be one of {list(HEADS)}, got {config.head!r}")
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     split = make_split(table, test_from, config)
@@ -290,11 +327,19 @@ def train_demand(
     panel = DemandPanel.from_table(history, freq, end=split.test_from, covariates=spec.covariates)
     horizon = None if freq == "h" else config.daily_horizon
     hours = config.origin_hours
-    q_fit = _subsample(window_queries(panel, split.fit_from, split.valid_from, hours, horizon), config.max_train_rows, rng)
-    q_val = _subsample(window_queries(panel, split.valid_from, split.calib_from, hours, horizon), config.max_train_rows // 3, rng)
-    q_cal = window_queries(panel, split.calib_from, split.test_from, config.calib_origin_hours, horizon)
-    if config.head not in HEADS:
-        raise ValueError(f"head: must be one of {list(HEADS)}, got {config.head!r}")
+    q_fit = _subsample(
+        window_queries(panel, split.fit_from, split.valid_from, hours, horizon),
+        config.max_train_rows,
+        rng,
+    )
+    q_val = _subsample(
+        window_queries(panel, split.valid_from, split.calib_from, hours, horizon),
+        config.max_train_rows // 3,
+        rng,
+    )
+    q_cal = window_queries(
+        panel, split.calib_from, split.test_from, config.calib_origin_hours, horizon
+    )
     names = spec.feature_names()
     X = (featurizer.transform(panel, q_fit), featurizer.transform(panel, q_val))
     y = (panel.values[q_fit.zone, q_fit.target], panel.values[q_val.zone, q_val.target])

@@ -81,7 +81,9 @@ def scored_zones(panel: DemandPanel, train_end: pd.Timestamp) -> npt.NDArray[np.
     return np.flatnonzero(panel.first < panel.index_of(train_end))
 
 
-def protocol_queries(panel: DemandPanel, protocol: Protocol, zones: npt.NDArray[np.int64]) -> DemandQueries:
+def protocol_queries(
+    panel: DemandPanel, protocol: Protocol, zones: npt.NDArray[np.int64]
+) -> DemandQueries:
     return make_queries(panel, protocol.origins, protocol.horizon, zones)
 
 
@@ -106,7 +108,9 @@ def baseline_predictions(panel: DemandPanel, q: DemandQueries) -> dict[str, Floa
     }
 
 
-def insample_scale(panel: DemandPanel, zones: npt.NDArray[np.int64], train_end: pd.Timestamp) -> float:
+def insample_scale(
+    panel: DemandPanel, zones: npt.NDArray[np.int64], train_end: pd.Timestamp
+) -> float:
     """Mean over zones of the in-sample seasonal-naive MAE (periods before ``train_end``,
     both the period and its seasonal lag known): the MASE denominator."""
     m = SEASON[panel.freq]
@@ -144,7 +148,11 @@ def take(pred: DemandPrediction, mask: npt.NDArray[np.bool_]) -> DemandPredictio
 
 
 def by_group(
-    y: FloatArray, pred: DemandPrediction, zone: npt.NDArray[np.int64], scale: float, key: npt.NDArray[Any]
+    y: FloatArray,
+    pred: DemandPrediction,
+    zone: npt.NDArray[np.int64],
+    scale: float,
+    key: npt.NDArray[Any],
 ) -> dict[str, dict[str, Any]]:
     """Model metrics per value of ``key`` (horizon, cutoff hour)."""
     out: dict[str, dict[str, Any]] = {}
@@ -152,15 +160,3 @@ def by_group(
         m = key == k
         out[str(k)] = {"n_points": int(m.sum()), **metrics(y[m], take(pred, m), zone[m], scale)}
     return out
-
-
-def total_metrics(y: FloatArray, pred: DemandPrediction, q: DemandQueries) -> dict[str, float | None]:
-    """The bottom-up city total (sum of zone means) per (origin, target): WAPE and coverage of
-    its window are filled in by the caller that knows the total calibration."""
-    g = pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": pred.mean}).groupby(["o", "t"]).sum()
-    err = np.abs(g["m"] - g["y"]).to_numpy()
-    return {
-        "n_points": len(g),
-        "mae": float(np.mean(err)),
-        "wape": float(err.sum() / g["y"].sum()) if g["y"].sum() > 0 else None,
-    }
