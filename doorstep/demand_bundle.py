@@ -9,6 +9,8 @@ it (and serving never imports ``training/``). Two heads give the uncalibrated qu
   validation window. Sparse hourly counts are mostly 0 or 1; a pinball loss only sees the sign
   of each residual there, the Poisson likelihood uses the counts themselves.
 
+Both heads can be anchored on a level feature (``FreqModel.level_feature``): the boosters then
+learn corrections to a zone's recent level, so a forecast can follow a level no tree has seen.
 Training keeps the head whose P50 has the lower MAE on the validation window. Either way the
 window is calibrated on the sqrt scale (conformalised quantile regression, one offset per
 horizon bucket), so it widens with the level as count noise does. The P50 is the point.
@@ -34,15 +36,17 @@ from features.demand_features import (
     DemandPanel,
     DemandQueries,
     make_queries,
+    period,
 )
 
 FloatArray = npt.NDArray[np.float64]
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 MEAN = "mean"
 P10, P50, P90, HORIZON = "p10", "p50", "p90", "horizon"
-# Horizon buckets (periods ahead, 1 = the origin's own period) for Mondrian calibration.
 LEVEL_FLOOR = 0.05  # parcels per period: the level of a zone with no history yet
 QUIET_EVIDENCE = float(np.log(1e6))  # a zero run this unlikely means the zone has closed
+MAX_STALE = pd.Timedelta(days=1)  # history may end at most this long before the origin
+# Horizon buckets (periods ahead, 1 = the origin's own period) for Mondrian calibration.
 HORIZON_EDGES: dict[str, tuple[int, ...]] = {"h": (2, 6, 12), "d": (1, 3)}
 
 
@@ -211,10 +215,18 @@ class DemandBundle:
         of the origin's day) from the history's periods before ``origin``.
 
         Columns: zone_id, ts, horizon, p10, p50, p90, mean. Every zone with a period before the
-        origin is forecast; a zone gone quiet since then counts as zero demand.
+        origin is forecast. The history is taken as complete up to the origin: a period it
+        lacks counts as zero (a zone gone quiet), so a history that stops more than a day
+        before the origin is refused rather than read as a day of zeros.
         """
         m = self.model(freq)
         origin = pd.Timestamp(origin)
+        last = pd.to_datetime(history.loc[history[s.VOLUME].notna(), s.TS]).max()
+        if pd.isna(last) or last + period(m.freq) < origin - MAX_STALE:
+            raise ValueError(
+                f"history: ends at {last}, more than {MAX_STALE} before the origin {origin}; "
+                "pass the volume up to the origin"
+            )
         spec = m.featurizer.spec_
         panel = DemandPanel.from_table(history, m.freq, end=origin, covariates=spec.covariates)
         queries = make_queries(panel, [origin], horizon_periods)
@@ -256,5 +268,5 @@ def check_feature_set(bundle: DemandBundle) -> None:
             f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}"
         )
     for freq, m in bundle.models.items():
-        if m.boosters[0.5].feature_name() != m.featurizer.spec_.feature_names():
+        if m.boosters[MEAN].feature_name() != m.featurizer.spec_.feature_names():
             raise ValueError(f"feature_set: the {freq} model's features differ from its spec")

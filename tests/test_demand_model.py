@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from doorstep.demand_bundle import DemandPrediction, horizon_bucket, nb_quantiles
+from doorstep.demand_bundle import (
+    DemandPrediction,
+    check_feature_set,
+    horizon_bucket,
+    nb_quantiles,
+)
 from features import schema as s
 from features.demand_features import (
     DemandFeatureSpec,
@@ -27,6 +35,7 @@ from training.demand import (
 )
 from training.demand_backtest import (
     Fold,
+    backtest,
     baseline_predictions,
     insample_scale,
     metrics,
@@ -412,6 +421,14 @@ def test_forecast_api_and_bottom_up_total() -> None:
     # the history after the origin is never read
     later = table.assign(volume=np.where(table[s.TS] >= "2024-03-10", 999.0, table[s.VOLUME]))
     pd.testing.assert_frame_equal(bundle.forecast(later, "2024-03-10", 7), fc)
+    with pytest.raises(
+        ValueError, match=re.escape("history: ends at 2024-03-05 00:00:00, more than 1 day")
+    ):
+        bundle.forecast(table[table[s.TS] <= "2024-03-05"], "2024-03-10", 7)
+    # what serving loads is what training built
+    reloaded = pickle.loads(pickle.dumps(bundle))
+    check_feature_set(reloaded)
+    pd.testing.assert_frame_equal(reloaded.forecast(table, "2024-03-10", 7), fc)
 
 
 def test_intraday_forecast_uses_the_volume_already_observed() -> None:
@@ -433,3 +450,48 @@ def test_intraday_forecast_uses_the_volume_already_observed() -> None:
     pd.testing.assert_frame_equal(
         bundle.forecast(busy, "2024-02-11"), bundle.forecast(history, "2024-02-11")
     )
+
+
+def test_a_level_anchored_model_follows_a_level_it_never_saw() -> None:
+    table = synthetic("d", zones=4, days=70, seed=6)
+    config = DemandTrainConfig(
+        booster=TINY.booster,
+        calib_days=14,
+        valid_days=7,
+        head="count",
+        level_feature="level_profile_14",
+    )
+    bundle = train_demand(table, "d", "2024-03-10", config=config).bundle
+    usual = bundle.forecast(table, "2024-03-10", 7)["mean"].sum()
+    tripled = bundle.forecast(table.assign(volume=table[s.VOLUME] * 3), "2024-03-10", 7)
+    assert 2.2 < tripled["mean"].sum() / usual < 3.8
+
+
+def test_rolling_backtest_refits_per_fold_and_covers_loosely() -> None:
+    table = synthetic("d", zones=6, days=120, seed=8)
+    folds = rolling_folds("2024-04-29", n_folds=4, fold_days=7)
+    scores = backtest(table, "d", folds, config=TINY)
+    assert [f.fold for f in scores] == folds
+    points = [f.protocols["day_ahead"]["n_points"] for f in scores]
+    assert points == [6 * 7] * 4
+    covered = sum(
+        f.protocols["day_ahead"]["model"]["coverage_p10_p90"] * n
+        for f, n in zip(scores, points, strict=True)
+    )
+    assert 0.65 <= covered / sum(points) <= 0.95  # loose: 168 points
+
+
+def test_benchmark_command_writes_the_contract(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from doorstep.cli import app
+
+    history, out = tmp_path / "history.csv", tmp_path / "results.json"
+    synthetic("d", zones=3, days=100, seed=9).to_csv(history, index=False)
+    args = ["benchmark", "demand", "--history", str(history), "--freq", "d"]
+    result = CliRunner().invoke(app, [*args, "--test-from", "2024-04-01", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert set(results["protocols"]) == {"day_ahead", "week_ahead"}
+    assert results["protocols"]["day_ahead"]["n_points"] == 3 * 9  # Apr 1 to Apr 9
+    assert isinstance(results["fit_seconds"], float)

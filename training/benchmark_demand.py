@@ -12,31 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from doorstep.demand_bundle import DemandPrediction, horizon_bucket, total_window
 from features import schema as s
 from features.demand import check_freq, read_demand_file, validate_demand
-from features.demand_features import DemandFeatureSpec, DemandPanel, DemandQueries, spec_for
+from features.demand_features import DemandFeatureSpec, spec_for
 from training.demand import DemandTrainConfig, train_demand
-from training.demand_backtest import (
-    Fold,
-    actuals,
-    baseline_predictions,
-    by_group,
-    insample_scale,
-    metrics,
-    protocol_queries,
-    protocols,
-    scored_zones,
-    take,
-)
+from training.demand_backtest import Fold, score_fold
 
 
 def load_demand_history(path: str | Path, freq: str) -> pd.DataFrame:
     """A demand file (CSV or Parquet: zone_id, ts, volume) through validation; bad rows are
-    dropped (the CLI reports how many)."""
+    dropped (``doorstep demand-table`` lists them with their reasons)."""
     return validate_demand(read_demand_file(path), freq, where=str(path)).table
 
 
@@ -64,38 +51,15 @@ def run_demand_benchmark(
     train = train_demand(table[ts < test], freq, test, spec, config)
     fit_seconds = time.perf_counter() - start
     fold = Fold(test, test, ts.max().normalize() + pd.Timedelta(days=1))
-    panel = DemandPanel.from_table(table, freq, end=fold.test_end, covariates=spec.covariates)
-    zones = scored_zones(panel, test)
-    scale = insample_scale(panel, zones, test)
-    model = train.bundle.model(freq)
-    out: dict[str, Any] = {}
-    day_ahead: tuple[DemandQueries, DemandPrediction] | None = None
-    for protocol in protocols(freq, fold):
-        q = protocol_queries(panel, protocol, zones)
-        y = actuals(panel, q)
-        pred = train.bundle.predict_queries(panel, q)
-        entry: dict[str, Any] = {
-            "n_points": len(q),
-            "model": metrics(y, pred, q.zone, scale),
-            "baselines": {
-                k: metrics(y, v, q.zone, scale) for k, v in baseline_predictions(panel, q).items()
-            },
-            "by_horizon": by_group(y, pred, q.zone, scale, q.horizon),
-            "total": _total(y, pred, q, model.total_conformal, freq),
-        }
-        if protocol.name == "day_ahead":
-            day_ahead = (q, pred)
-        elif protocol.name == "intraday" and day_ahead is not None:
-            entry["by_cutoff"] = _by_cutoff(panel, y, q, pred, day_ahead, scale)
-        out[protocol.name] = entry
+    scores = score_fold(train.bundle, table, freq, fold, spec.covariates)
     return {
-        "protocols": out,
+        "protocols": scores.protocols,
         "fit_seconds": fit_seconds,
         "freq": freq,
         "test_from": str(test.date()),
         "test_days": len(fold.days),
-        "n_zones": len(zones),
-        "mase_scale": scale,
+        "n_zones": scores.n_zones,
+        "mase_scale": scores.mase_scale,
         "holidays_country": holidays_country,
         "feature_set": train.bundle.feature_set,
         "best_iteration": train.best_iteration,
@@ -104,50 +68,3 @@ def run_demand_benchmark(
         "n_train_rows": train.n_rows,
         "calibration_offsets": train.calibration,
     }
-
-
-def _total(
-    y: np.ndarray, pred: DemandPrediction, q: DemandQueries, offsets: list[float], freq: str
-) -> dict[str, Any]:
-    """The bottom-up city total per (origin, period): sum of zone means, its calibrated window."""
-    g = (
-        pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": pred.mean})
-        .groupby(["o", "t"])
-        .sum()
-    )
-    h = np.asarray(g.index.get_level_values("t") - g.index.get_level_values("o")) + 1
-    off = np.asarray(offsets)[horizon_bucket(h, freq)] if offsets else np.zeros(len(g))
-    lo, hi = total_window(g["m"].to_numpy(), off)
-    yt = g["y"].to_numpy()
-    err = np.abs(g["m"].to_numpy() - yt)
-    return {
-        "n_points": len(g),
-        "mae": float(err.mean()),
-        "wape": float(err.sum() / yt.sum()) if yt.sum() > 0 else None,
-        "coverage_p10_p90": float(np.mean((lo <= yt) & (yt <= hi))),
-    }
-
-
-def _by_cutoff(
-    panel: DemandPanel,
-    y: np.ndarray,
-    q: DemandQueries,
-    pred: DemandPrediction,
-    day_ahead: tuple[DemandQueries, DemandPrediction],
-    scale: float,
-) -> dict[str, Any]:
-    """Per cutoff: the re-plan's metrics and the midnight plan's on the same points."""
-    dq, dpred = day_ahead
-    n = panel.n_periods
-    where = pd.Index(dq.zone * n + dq.target).get_indexer(q.zone * n + q.target)
-    midnight = take(dpred, where)
-    hour = np.asarray(panel.ts_of(q.origin).hour)
-    out: dict[str, Any] = {}
-    for h in np.unique(hour):
-        m = hour == h
-        out[f"{h:02d}:00"] = {
-            "n_points": int(m.sum()),
-            "model": metrics(y[m], take(pred, m), q.zone[m], scale),
-            "day_ahead_same_points": metrics(y[m], take(midnight, m), q.zone[m], scale),
-        }
-    return out

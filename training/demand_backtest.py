@@ -2,7 +2,8 @@
 
 A ``Fold`` trains on the periods before ``train_end`` and scores the days [test_start,
 test_end). Inside a fold every test day is a rolling origin: the forecast for it sees the
-actual volume of all periods before the origin (the model is not refitted). A ``Protocol``
+actual volume of all periods before the origin (the model is not refitted inside a fold;
+``backtest`` refits once per fold, the benchmark is one fold). A ``Protocol``
 says which origins and horizons are scored. Points: every zone known before ``train_end`` x
 every target period, a missing period counting as zero. Baselines are scored on exactly the
 model's points:
@@ -23,8 +24,17 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from doorstep.demand_bundle import DemandPrediction
-from features.demand_features import DemandPanel, DemandQueries, gather, make_queries
+from doorstep.demand_bundle import DemandBundle, DemandPrediction, horizon_bucket, total_window
+from features import schema as s
+from features.demand_features import (
+    DemandFeatureSpec,
+    DemandPanel,
+    DemandQueries,
+    gather,
+    make_queries,
+    spec_for,
+)
+from training.demand import DemandTrainConfig, train_demand
 
 FloatArray = npt.NDArray[np.float64]
 SEASON: dict[str, int] = {"h": 168, "d": 7}
@@ -159,4 +169,112 @@ def by_group(
     for k in np.unique(key):
         m = key == k
         out[str(k)] = {"n_points": int(m.sum()), **metrics(y[m], take(pred, m), zone[m], scale)}
+    return out
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    """Every protocol of one fold: model, baselines, by horizon, the bottom-up total."""
+
+    fold: Fold
+    protocols: dict[str, Any]
+    n_zones: int
+    mase_scale: float
+
+
+def score_fold(
+    bundle: DemandBundle,
+    table: pd.DataFrame,
+    freq: str,
+    fold: Fold,
+    covariates: tuple[str, ...] = (),
+) -> FoldScores:
+    """Score a bundle trained before ``fold.train_end`` on every protocol of the fold."""
+    panel = DemandPanel.from_table(table, freq, end=fold.test_end, covariates=covariates)
+    zones = scored_zones(panel, fold.train_end)
+    scale = insample_scale(panel, zones, fold.train_end)
+    model = bundle.model(freq)
+    out: dict[str, Any] = {}
+    day_ahead: tuple[DemandQueries, DemandPrediction] | None = None
+    for protocol in protocols(freq, fold):
+        q = protocol_queries(panel, protocol, zones)
+        y = actuals(panel, q)
+        pred = bundle.predict_queries(panel, q)
+        base = baseline_predictions(panel, q)
+        entry: dict[str, Any] = {
+            "n_points": len(q),
+            "model": metrics(y, pred, q.zone, scale),
+            "baselines": {k: metrics(y, v, q.zone, scale) for k, v in base.items()},
+            "by_horizon": by_group(y, pred, q.zone, scale, q.horizon),
+            "total": total_metrics(y, pred, q, model.total_conformal, freq),
+        }
+        if protocol.name == "day_ahead":
+            day_ahead = (q, pred)
+        elif protocol.name == "intraday" and day_ahead is not None:
+            entry["by_cutoff"] = _by_cutoff(panel, y, q, pred, day_ahead, scale)
+        out[protocol.name] = entry
+    return FoldScores(fold, out, len(zones), scale)
+
+
+def backtest(
+    table: pd.DataFrame,
+    freq: str,
+    folds: list[Fold],
+    spec: DemandFeatureSpec | None = None,
+    config: DemandTrainConfig | None = None,
+) -> list[FoldScores]:
+    """Rolling-origin backtest: refit on everything before each fold, score the fold."""
+    spec = spec or spec_for(freq)
+    ts = pd.to_datetime(table[s.TS])
+    out = []
+    for fold in folds:
+        bundle = train_demand(table[ts < fold.train_end], freq, fold.train_end, spec, config).bundle
+        out.append(score_fold(bundle, table[ts < fold.test_end], freq, fold, spec.covariates))
+    return out
+
+
+def total_metrics(
+    y: np.ndarray, pred: DemandPrediction, q: DemandQueries, offsets: list[float], freq: str
+) -> dict[str, Any]:
+    """The bottom-up city total per (origin, period): sum of zone means, its calibrated window."""
+    g = (
+        pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": pred.mean})
+        .groupby(["o", "t"])
+        .sum()
+    )
+    h = np.asarray(g.index.get_level_values("t") - g.index.get_level_values("o")) + 1
+    off = np.asarray(offsets)[horizon_bucket(h, freq)] if offsets else np.zeros(len(g))
+    lo, hi = total_window(g["m"].to_numpy(), off)
+    yt = g["y"].to_numpy()
+    err = np.abs(g["m"].to_numpy() - yt)
+    return {
+        "n_points": len(g),
+        "mae": float(err.mean()),
+        "wape": float(err.sum() / yt.sum()) if yt.sum() > 0 else None,
+        "coverage_p10_p90": float(np.mean((lo <= yt) & (yt <= hi))),
+    }
+
+
+def _by_cutoff(
+    panel: DemandPanel,
+    y: np.ndarray,
+    q: DemandQueries,
+    pred: DemandPrediction,
+    day_ahead: tuple[DemandQueries, DemandPrediction],
+    scale: float,
+) -> dict[str, Any]:
+    """Per cutoff: the re-plan's metrics and the midnight plan's on the same points."""
+    dq, dpred = day_ahead
+    n = panel.n_periods
+    where = pd.Index(dq.zone * n + dq.target).get_indexer(q.zone * n + q.target)
+    midnight = take(dpred, where)
+    hour = np.asarray(panel.ts_of(q.origin).hour)
+    out: dict[str, Any] = {}
+    for h in np.unique(hour):
+        m = hour == h
+        out[f"{h:02d}:00"] = {
+            "n_points": int(m.sum()),
+            "model": metrics(y[m], take(pred, m), q.zone[m], scale),
+            "day_ahead_same_points": metrics(y[m], take(midnight, m), q.zone[m], scale),
+        }
     return out
