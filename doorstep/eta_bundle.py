@@ -71,7 +71,10 @@ class EtaBundle:
 
     def raw(self, batch: QueryBatch, mode: Mode) -> EtaPrediction:
         """Uncalibrated quantiles, sorted so they never cross."""
-        X = self.featurizer.transform(batch, mode)
+        return self.raw_from_features(self.featurizer.transform(batch, mode), mode)
+
+    def raw_from_features(self, X: npt.NDArray[np.float32], mode: Mode) -> EtaPrediction:
+        """``raw`` on an already computed feature matrix (training reuses its matrices)."""
         model = self.modes[mode]
         preds = [model.boosters[q].predict(X, num_threads=self.num_threads) for q in QUANTILES]
         stacked = np.sort(np.column_stack(preds), axis=1)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features import schema as s
-from features.issues import Issues, MissingColumnsError
+from features.issues import Issues, MissingColumnsError, flag_duplicates
 
 MSG_ZONE_MISSING = "zone_id: missing"
 MSG_TS_UNPARSEABLE = "ts: unparseable timestamp"
@@ -72,7 +72,13 @@ def validate_demand(raw: pd.DataFrame, freq: str, *, where: str = "demand table"
     issues.add(MSG_VOLUME_NEGATIVE, volume < 0)
 
     tidy = pd.DataFrame({s.ZONE_ID: zone, s.TS: ts, s.VOLUME: volume})
-    _check_duplicates(tidy, issues)
+    flag_duplicates(
+        tidy,
+        [s.ZONE_ID, s.TS],
+        issues,
+        exact_message=MSG_DUP_EXACT,
+        conflict_message=MSG_DUP_CONFLICT,
+    )
     bad = issues.bad
     quarantine = src.loc[bad].copy()
     quarantine[s.REASON] = issues.reasons()[bad].to_numpy()
@@ -89,25 +95,6 @@ def _local_naive(values: pd.Series) -> pd.Series:
     text = values.astype("string").str.strip()
     text = text.str.replace(r"(?:Z|[+-]\d\d:?\d\d)$", "", regex=True)
     return pd.to_datetime(text, errors="coerce", format="ISO8601").astype("datetime64[ns]")
-
-
-def _check_duplicates(tidy: pd.DataFrame, issues: Issues) -> None:
-    key = [s.ZONE_ID, s.TS]
-    shared = tidy.duplicated(key, keep=False).to_numpy() & tidy[key].notna().all(axis=1).to_numpy()
-    if not shared.any():
-        return
-    sub = tidy[shared]
-    exact = sub.duplicated(keep="first").to_numpy()
-    versions = sub[~exact].groupby(key)[s.VOLUME].transform("size")
-    conflict_keys = sub[~exact][(versions > 1).to_numpy()][key].drop_duplicates()
-    conflict = sub.reset_index().merge(conflict_keys, on=key, how="left", indicator=True)
-    is_conflict = (conflict["_merge"] == "both").to_numpy()
-    exact_full = np.zeros(len(tidy), dtype=bool)
-    conflict_full = np.zeros(len(tidy), dtype=bool)
-    exact_full[np.flatnonzero(shared)] = exact & ~is_conflict
-    conflict_full[np.flatnonzero(shared)] = is_conflict
-    issues.add(MSG_DUP_EXACT, exact_full)
-    issues.add(MSG_DUP_CONFLICT, conflict_full)
 
 
 def complete_demand(table: pd.DataFrame, freq: str) -> pd.DataFrame:

@@ -279,16 +279,10 @@ def _switches_along(
 
     NaN where areas are unknown: the count means nothing without them.
     """
-    order = np.lexsort((seq, group))
-    g, a = group[order], aoi[order].astype(str)
-    first = np.r_[True, g[1:] != g[:-1]]
+    order, g, first = _sorted_along(group, seq)
+    a = aoi[order].astype(str)
     prev = np.where(first, q_last_aoi[g].astype(str), np.r_[[""], a[:-1]])
-    change = (a != prev).astype(np.float64)
-    cum = np.cumsum(change)
-    start_idx = np.flatnonzero(first)
-    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(g)]))
-    out = np.empty(len(group))
-    out[order] = cum - cum[seg_start] + change[seg_start]
+    out = _unsort(order, _running_sum((a != prev).astype(np.float64), first))
     return np.where(aoi == "", np.nan, out)
 
 
@@ -296,14 +290,31 @@ def _cumsum_before(
     group: npt.NDArray[np.int64], seq: npt.NDArray[np.int64], values: FloatArray
 ) -> FloatArray:
     """Sum of ``values`` of the targets before each one along ``seq`` (trees cannot add rows)."""
+    order, _, first = _sorted_along(group, seq)
+    v = values[order]
+    return _unsort(order, _running_sum(v, first) - v)
+
+
+def _sorted_along(
+    group: npt.NDArray[np.int64], seq: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """The order that sorts targets by (query, seq), the sorted queries, and segment starts."""
     order = np.lexsort((seq, group))
-    g, v = group[order], values[order]
-    first = np.r_[True, g[1:] != g[:-1]]
-    cum = np.cumsum(v)
+    g = group[order]
+    return order, g, np.r_[True, g[1:] != g[:-1]]
+
+
+def _running_sum(steps: FloatArray, first: npt.NDArray[np.bool_]) -> FloatArray:
+    """Inclusive cumulative sum of ``steps`` restarting where ``first`` is true."""
+    cum = np.cumsum(steps)
     start_idx = np.flatnonzero(first)
-    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(g)]))
-    out = np.empty(len(group))
-    out[order] = cum - v - (cum[seg_start] - v[seg_start])
+    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(steps)]))
+    return cum - cum[seg_start] + steps[seg_start]
+
+
+def _unsort(order: npt.NDArray[np.int64], values: FloatArray) -> FloatArray:
+    out = np.empty(len(order))
+    out[order] = values
     return out
 
 
@@ -334,19 +345,12 @@ def _path_along(
     lng: FloatArray,
 ) -> FloatArray:
     """Km from the query position through the targets in ``seq`` order up to each target."""
-    order = np.lexsort((seq, group))
-    g, la, lo = group[order], lat[order], lng[order]
-    first = np.r_[True, g[1:] != g[:-1]]
+    order, g, first = _sorted_along(group, seq)
+    la, lo = lat[order], lng[order]
     prev_lat = np.where(first, q_lat[g], np.r_[np.nan, la[:-1]])
     prev_lng = np.where(first, q_lng[g], np.r_[np.nan, lo[:-1]])
     leg = np.nan_to_num(haversine_km(prev_lat, prev_lng, la, lo))
-    cum = np.cumsum(leg)
-    start_idx = np.flatnonzero(first)
-    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(g)]))
-    before = cum[seg_start] - leg[seg_start]
-    out = np.empty(len(group))
-    out[order] = cum - before
-    return out
+    return _unsort(order, _running_sum(leg, first))
 
 
 def _profile_events(d: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

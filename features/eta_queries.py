@@ -144,7 +144,7 @@ def queries_from_deliveries(
         d[s.ARRIVAL_TIME].dt.tz
     )
     aoi = _str(d[s.AOI_ID])
-    aoi_done = _aoi_done(aoi, route_codes, pos_in_route, q_route_code, q_k, pair_q, pair_row)
+    aoi_done = _aoi_done(aoi, route_codes, pos_in_route, q_k, pair_q, pair_row)
     planned = d[s.PLANNED_ARRIVAL].astype("int64").to_numpy() / 1e9
     planned = np.where(d[s.PLANNED_ARRIVAL].isna().to_numpy(), np.nan, planned)
     # Ordered mode trains on the order the stops were visited: a plan that was followed (the
@@ -188,7 +188,6 @@ def _aoi_done(
     aoi: ObjArray,
     route_codes: IntArray,
     pos_in_route: IntArray,
-    q_route_code: IntArray,
     q_k: IntArray,
     pair_q: IntArray,
     pair_row: IntArray,

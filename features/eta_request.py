@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-import h3
 import numpy as np
 import pandas as pd
 
 from features import schema as s
 from features.eta_queries import QueryBatch
 from features.geo import haversine_km
+from features.zones import cell_of
 
 _EPOCH_DAY = dt.date(1970, 1, 1)
 
@@ -62,21 +62,13 @@ class RouteQuery:
 
 
 class ZoneResolver:
-    """Zone ids for stops that do not bring one: H3 cells, cached (buildings repeat)."""
+    """Zone ids for stops that do not bring one: H3 cells at the model's resolution."""
 
-    def __init__(self, resolution: int = s.DEFAULT_H3_RESOLUTION, max_cache: int = 200_000) -> None:
+    def __init__(self, resolution: int = s.DEFAULT_H3_RESOLUTION) -> None:
         self.resolution = resolution
-        self.max_cache = max_cache
-        self._cache: dict[tuple[float, float], str] = {}
 
     def __call__(self, lat: float, lng: float) -> str:
-        key = (lat, lng)
-        cell = self._cache.get(key)
-        if cell is None:
-            cell = h3.latlng_to_cell(lat, lng, self.resolution)
-            if len(self._cache) < self.max_cache:
-                self._cache[key] = cell
-        return cell
+        return cell_of(lat, lng, self.resolution)
 
 
 def _nan(x: float | None) -> float:

@@ -82,3 +82,34 @@ class Issues:
         for message, mask in self._masks.items():
             sub._masks[message] = mask[keep]
         return sub
+
+
+def flag_duplicates(
+    frame: pd.DataFrame,
+    key: list[str],
+    issues: Issues,
+    *,
+    exact_message: str,
+    conflict_message: str,
+) -> None:
+    """Rows sharing ``key``: exact copies keep the first row; keys whose rows disagree lose all.
+
+    Nobody can tell which of two conflicting rows is right, so neither is kept; an exact copy
+    carries no new information, so one is kept and the rest are reported.
+    """
+    has_key = frame[key].notna().all(axis=1).to_numpy()
+    shared = frame.duplicated(key, keep=False).to_numpy() & has_key
+    if not shared.any():
+        return
+    sub = frame[shared]
+    exact_copy = sub.duplicated(keep="first").to_numpy()
+    versions = sub[~exact_copy].groupby(key, sort=False)[key[0]].transform("size")
+    conflicting = sub[~exact_copy][(versions > 1).to_numpy()][key].drop_duplicates()
+    in_conflict = pd.MultiIndex.from_frame(sub[key]).isin(pd.MultiIndex.from_frame(conflicting))
+    rows = np.flatnonzero(shared)
+    exact_mask = np.zeros(len(frame), dtype=bool)
+    conflict_mask = np.zeros(len(frame), dtype=bool)
+    exact_mask[rows] = exact_copy & ~in_conflict
+    conflict_mask[rows] = in_conflict
+    issues.add(exact_message, exact_mask)
+    issues.add(conflict_message, conflict_mask)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import NamedTuple, TypeVar
 
-import h3
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -28,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from features import schema as s
 from features.geo import haversine_km
 from features.profiles import DAY, KEY, PointInTimeProfile, local_day
+from features.zones import cell_of
 
 FEATURE_SET = "leg_v1"
 FloatArray = npt.NDArray[np.float64]
@@ -112,18 +111,11 @@ class PairFeatures:
     same_point: npt.NDArray[np.bool_]
 
 
-@lru_cache(maxsize=1 << 18)
-def _cell(lat: float, lng: float, resolution: int) -> str:
-    if not (np.isfinite(lat) and np.isfinite(lng) and -90 <= lat <= 90 and -180 <= lng <= 180):
-        return ""
-    return str(h3.latlng_to_cell(lat, lng, resolution))
-
-
 def zone_cells(lat: npt.ArrayLike, lng: npt.ArrayLike, resolution: int) -> npt.NDArray[np.str_]:
     """H3 cells of points (cached per coordinate: stops and solver nodes repeat); "" if invalid."""
     la = np.asarray(lat, dtype=np.float64).ravel().tolist()
     lo = np.asarray(lng, dtype=np.float64).ravel().tolist()
-    return np.array([_cell(a, b, resolution) for a, b in zip(la, lo, strict=True)], dtype=str)
+    return np.array([cell_of(a, b, resolution) for a, b in zip(la, lo, strict=True)], dtype=str)
 
 
 def local_time(departure: object, tz: str) -> LocalTime:

@@ -15,7 +15,7 @@ import pandas as pd
 from features import schema as s
 from features.coerce import Adapted
 from features.geo import haversine_km
-from features.issues import BoolArray, Issues
+from features.issues import BoolArray, Issues, flag_duplicates
 from features.zones import h3_cells
 
 # Pinned messages: tests match them exactly, users grep quarantine files for them.
@@ -80,7 +80,9 @@ def validate_deliveries(
     _check_coordinates(df, issues)
     _check_times(df, issues, config)
     _check_routes(df, issues)
-    _check_duplicates(df, issues)
+    flag_duplicates(
+        df, [s.STOP_ID], issues, exact_message=MSG_DUP_EXACT, conflict_message=MSG_DUP_CONFLICT
+    )
     _check_speed(df, issues, config)
 
     bad = issues.bad
@@ -128,21 +130,6 @@ def _check_routes(df: pd.DataFrame, issues: Issues) -> None:
     dispatches = grouped[s.DISPATCH_TIME].transform("nunique")
     issues.add(MSG_ROUTE_COURIERS, _expand(has_route, (couriers > 1).to_numpy()))
     issues.add(MSG_ROUTE_DISPATCH, _expand(has_route, (dispatches > 1).to_numpy()))
-
-
-def _check_duplicates(df: pd.DataFrame, issues: Issues) -> None:
-    """Exact copies keep one row; ids whose rows disagree are all quarantined."""
-    has_id = df[s.STOP_ID].notna().to_numpy()
-    shared = df[s.STOP_ID].duplicated(keep=False).to_numpy() & has_id
-    if not shared.any():
-        return
-    sub = df[shared]
-    exact_copy = sub.duplicated(keep="first").to_numpy()
-    versions = sub[~exact_copy].groupby(s.STOP_ID, sort=False)[s.STOP_ID].transform("size")
-    conflicting_ids = set(sub[~exact_copy][(versions > 1).to_numpy()][s.STOP_ID])
-    conflict = sub[s.STOP_ID].isin(conflicting_ids).to_numpy()
-    issues.add(MSG_DUP_EXACT, _expand(shared, exact_copy & ~conflict))
-    issues.add(MSG_DUP_CONFLICT, _expand(shared, conflict))
 
 
 def _check_speed(df: pd.DataFrame, issues: Issues, config: ValidationConfig) -> None:

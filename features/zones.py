@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import h3
 import numpy as np
 import pandas as pd
@@ -37,3 +39,11 @@ def cell_center(cell: str) -> tuple[float, float]:
     """(lat, lng) of an H3 cell's centre."""
     lat, lng = h3.cell_to_latlng(cell)
     return float(lat), float(lng)
+
+
+@lru_cache(maxsize=1 << 18)
+def cell_of(lat: float, lng: float, resolution: int) -> str:
+    """One point's H3 cell, cached (stops and solver nodes repeat); "" when not a position."""
+    if not (np.isfinite(lat) and np.isfinite(lng) and -90 <= lat <= 90 and -180 <= lng <= 180):
+        return ""
+    return str(h3.latlng_to_cell(lat, lng, resolution))

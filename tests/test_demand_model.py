@@ -27,7 +27,6 @@ from features.demand_features import (
 )
 from training.benchmark_demand import run_demand_benchmark
 from training.demand import (
-    DemandBoosterParams,
     DemandTrainConfig,
     make_split,
     mondrian_offsets,
@@ -42,9 +41,10 @@ from training.demand_backtest import (
     protocols,
     rolling_folds,
 )
+from training.eta import BoosterParams
 
 TINY = DemandTrainConfig(
-    booster=DemandBoosterParams(
+    booster=BoosterParams(
         n_estimators=60, num_leaves=7, min_child_samples=20, early_stopping_rounds=15
     ),
     calib_days=14,
@@ -434,7 +434,7 @@ def test_forecast_api_and_bottom_up_total() -> None:
 def test_intraday_forecast_uses_the_volume_already_observed() -> None:
     table = synthetic("h", zones=4, days=42, seed=7, shock=0.5)
     config = DemandTrainConfig(
-        booster=DemandBoosterParams(n_estimators=80, num_leaves=7, min_child_samples=20, early_stopping_rounds=80),
+        booster=BoosterParams(n_estimators=80, num_leaves=7, min_child_samples=20, early_stopping_rounds=80),
         calib_days=7, valid_days=5, max_train_rows=40_000, head="count",
     )  # fmt: skip
     bundle = train_demand(table, "h", "2024-02-12", config=config).bundle

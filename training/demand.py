@@ -47,6 +47,7 @@ from features.demand_features import (
     make_queries,
     spec_for,
 )
+from training.eta import BoosterParams
 
 FloatArray = npt.NDArray[np.float64]
 HEADS: tuple[str, ...] = ("auto", "quantile", "count")
@@ -54,24 +55,16 @@ MIN_BUCKET_ROWS = 30  # fewer calibration rows in a horizon bucket: use the pool
 
 
 @dataclass(frozen=True)
-class DemandBoosterParams:
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 50
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    lambda_l2: float = 1.0
-    max_bin: int = 255
-    n_estimators: int = 600
-    early_stopping_rounds: int = 40
-
-
-@dataclass(frozen=True)
 class DemandTrainConfig:
     """How to train the demand model; defaults run on one machine (``for_freq`` sizes the
     windows: hourly data is usually a few weeks deep, daily data months)."""
 
-    booster: DemandBoosterParams = field(default_factory=DemandBoosterParams)
+    # the ETA model's booster settings; demand series are fewer and noisier: smaller trees
+    booster: BoosterParams = field(
+        default_factory=lambda: BoosterParams(
+            num_leaves=31, min_child_samples=50, early_stopping_rounds=40
+        )
+    )
     calib_days: int = 28
     valid_days: int = 14
     warmup_days: int = 7
@@ -165,7 +158,7 @@ def window_queries(
 
 
 def _lgb_params(
-    p: DemandBoosterParams, objective: str, alpha: float, config: DemandTrainConfig
+    p: BoosterParams, objective: str, alpha: float, config: DemandTrainConfig
 ) -> dict[str, Any]:
     return {
         "objective": objective,

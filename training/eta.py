@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from doorstep.eta_bundle import QUANTILES, EtaBundle, ModeModel, horizon_bucket
+from doorstep.eta_bundle import QUANTILES, EtaBundle, ModeModel, horizon_bucket, shape
 from features import schema as s
 from features.eta_features import CATEGORICAL, MODES, EtaFeaturizer, Mode, feature_names
 from features.eta_queries import QueryBatch, queries_from_deliveries
@@ -127,22 +127,18 @@ def _lgb_params(p: BoosterParams, alpha: float, seed: int, threads: int) -> dict
 
 
 def fit_mode(
-    featurizer: EtaFeaturizer,
-    train: QueryBatch,
-    valid: QueryBatch,
+    X_tr: npt.NDArray[np.float32],
+    y_tr: npt.NDArray[np.float64],
+    X_va: npt.NDArray[np.float32],
+    y_va: npt.NDArray[np.float64],
     mode: Mode,
     config: EtaConfig,
     callbacks: list[Any] | None = None,
 ) -> tuple[ModeModel, int]:
-    """Quantile boosters for one mode; early stopping on the validation days' P50 loss."""
+    """Quantile boosters for one mode (labels already on the target scale); early stopping on
+    the validation days' P50 loss, then (``refit_full``) refit on fit + validation days."""
     names = feature_names(mode)
     cats = [n for n in CATEGORICAL if n in names]
-    X_tr, X_va = featurizer.transform(train, mode), featurizer.transform(valid, mode)
-    y_tr, y_va = (
-        _target(train.t_label_min, config.target),
-        _target(valid.t_label_min, config.target),
-    )
-    boosters: dict[float, lgb.Booster] = {}
     # one binned Dataset per window, reused by the three quantile boosters
     dtrain = lgb.Dataset(
         X_tr, y_tr, feature_name=names, categorical_feature=cats, free_raw_data=False
@@ -159,40 +155,37 @@ def fit_mode(
     )
     best = max(median.best_iteration or config.booster.n_estimators, 10)
     if config.refit_full:
-        dfinal = lgb.Dataset(
-            np.vstack([X_tr, X_va]), np.r_[y_tr, y_va], feature_name=names, categorical_feature=cats
-        )
+        boosters = _train_quantiles([X_tr, X_va], [y_tr, y_va], mode, config, best)
     else:
-        dfinal = dtrain
-        boosters[0.5] = median
-    for alpha in QUANTILES:
-        if alpha not in boosters:
-            params = _lgb_params(config.booster, alpha, config.seed, config.num_threads)
-            boosters[alpha] = lgb.train(params, dfinal, best)
+        boosters = {0.5: median} | {
+            alpha: lgb.train(
+                _lgb_params(config.booster, alpha, config.seed, config.num_threads), dtrain, best
+            )
+            for alpha in QUANTILES
+            if alpha != 0.5
+        }
     return ModeModel(boosters=boosters, target=config.target), best
 
 
-def _refit_all(
-    featurizer: EtaFeaturizer,
-    batches: list[QueryBatch],
+def _train_quantiles(
+    Xs: list[npt.NDArray[np.float32]],
+    ys: list[npt.NDArray[np.float64]],
     mode: Mode,
     config: EtaConfig,
     rounds: int,
-    calibrated: ModeModel,
-) -> ModeModel:
-    """The three quantile boosters refit on all ``batches`` with ``rounds``; offsets kept."""
+) -> dict[float, lgb.Booster]:
+    """The three quantile boosters on the stacked windows with a fixed number of rounds."""
     names = feature_names(mode)
     cats = [n for n in CATEGORICAL if n in names]
-    X = np.vstack([featurizer.transform(b, mode) for b in batches])
-    y = _target(np.concatenate([b.t_label_min for b in batches]), config.target)
-    data = lgb.Dataset(X, y, feature_name=names, categorical_feature=cats)
-    boosters = {
+    data = lgb.Dataset(
+        np.vstack(Xs), np.concatenate(ys), feature_name=names, categorical_feature=cats
+    )
+    return {
         alpha: lgb.train(
             _lgb_params(config.booster, alpha, config.seed, config.num_threads), data, rounds
         )
         for alpha in QUANTILES
     }
-    return ModeModel(boosters=boosters, conformal=calibrated.conformal, target=config.target)
 
 
 def _target(minutes: npt.NDArray[np.float64], target: str) -> npt.NDArray[np.float64]:
@@ -258,9 +251,15 @@ def train_eta(
     best: dict[str, int] = {}
     calibration: dict[str, list[float]] = {}
     for mode in config.modes:
-        model, best[mode] = fit_mode(featurizer, fit_b, valid_b, mode, config)  # type: ignore[arg-type]
+        m: Mode = mode  # type: ignore[assignment]
+        windows = [
+            (featurizer.transform(b, m), _target(b.t_label_min, config.target))
+            for b in (fit_b, valid_b, cal_b)
+        ]
+        (X_fit, y_fit), (X_va, y_va), (X_cal, y_cal) = windows
+        model, best[mode] = fit_mode(X_fit, y_fit, X_va, y_va, m, config)
         bundle = EtaBundle(featurizer, {mode: model}, num_threads=config.num_threads)
-        raw = bundle.shaped(cal_b, mode)  # type: ignore[arg-type]
+        raw = shape(bundle.raw_from_features(X_cal, m), cal_b, m)
         model.conformal = conformal_offsets(
             raw.p10, raw.p50, raw.p90, cal_b.t_label_min, config.coverage
         )
@@ -270,7 +269,9 @@ def train_eta(
             # test window with the same rounds and keep the offsets. The refit model is at least
             # as good on new rows, so the offsets are if anything conservative; the benchmark
             # measures coverage on held-out days either way.
-            model = _refit_all(featurizer, [fit_b, valid_b, cal_b], mode, config, best[mode], model)  # type: ignore[arg-type]
+            model.boosters = _train_quantiles(
+                [X_fit, X_va, X_cal], [y_fit, y_va, y_cal], m, config, best[mode]
+            )
         modes[mode] = model
     window = (str(history[s.DISPATCH_TIME].min()), str(history[s.DISPATCH_TIME].max()))
     bundle = EtaBundle(featurizer, modes, training_window=window, num_threads=1)

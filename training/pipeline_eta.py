@@ -28,7 +28,7 @@ from training.evaluate import evaluate
 from training.leg import LegConfig, train_leg
 from training.metrics import eta_metrics
 from training.registry import GateRule, PromotionDecision, promote_if_better
-from training.tracking import EXPERIMENT, REGISTERED_NAME, log_eta_model
+from training.tracking import EXPERIMENT, REGISTERED_NAME, flatten, log_eta_model
 
 Scores = dict[str, dict[str, Any]]
 
@@ -82,14 +82,16 @@ def train_and_register_eta(
     holdout = batch.take_queries(~before)
     evaluation = evaluate(result.bundle, baselines, holdout)
     recent = deliveries[local_day(deliveries[s.DISPATCH_TIME]) >= t_from]
-    examples = requests_from_deliveries(recent[recent[s.ROUTE_ID] == recent[s.ROUTE_ID].iloc[0]])[:1]
+    examples = requests_from_deliveries(recent[recent[s.ROUTE_ID] == recent[s.ROUTE_ID].iloc[0]])[
+        :1
+    ]
 
     use_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"eta-{holdout_from}"):
         mlflow.log_metrics({f"leg.model.{k}": float(v) for k, v in leg.metrics.items()})
         for name, m in leg.baselines.items():
             mlflow.log_metrics({f"leg.baseline.{name}.{k}": float(v) for k, v in m.items()})
-        mlflow.log_params({f"leg.{k}": v for k, v in _flat(dataclasses.asdict(leg_config or LegConfig())).items()})
+        mlflow.log_params(flatten("leg", dataclasses.asdict(leg_config or LegConfig()), {}))
         logged = log_eta_model(
             result,
             evaluation,
@@ -118,17 +120,3 @@ def train_and_register_eta(
         metrics={mode: ev.summary() for mode, ev in evaluation.items()},
         leg_metrics={"model": leg.metrics, "baselines": leg.baselines},
     )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if not isinstance(v, list | tuple) else ",".join(map(str, v))
-    return out
-
-
-__all__ = ["TrainEtaOutcome", "holdout_start", "score_bundle", "train_and_register_eta"]

@@ -73,10 +73,11 @@ def _date(day: int) -> str:
     return (_EPOCH + dt.timedelta(days=int(day))).isoformat()
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """Nested mappings as dotted MLflow parameter names; sequences joined by commas."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     elif isinstance(value, list | tuple):
         out[prefix] = ",".join(str(v) for v in value)
     else:
@@ -99,7 +100,7 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_params(result: EtaTrainResult, config: EtaConfig) -> dict[str, Any]:
-    params = _flatten("", to_dict(config), {})
+    params = flatten("", to_dict(config), {})
     params.update({f"best_iteration.{m}": n for m, n in result.best_iterations.items()})
     params.update({f"rows.{k}": n for k, n in result.n_train_rows.items()})
     for mode, offsets in result.calibration.items():
