@@ -225,6 +225,16 @@ def demo(
             )
             table.add_row(f"ETA {mode}: P10-P90 coverage", f"{m['model']['coverage_p10_p90']:.3f}")
         table.add_row("doorstep-eta version", str(result.eta.version))
+    if result.demand is not None:
+        from training.benchmark_demand import fmt
+
+        for seg, p in result.demand.metrics.items():
+            m = p["model"]
+            table.add_row(
+                f"demand {seg}: WAPE / MASE / coverage",
+                f"{fmt(m['wape'])} / {fmt(m['mase'])} / {fmt(m['coverage_p10_p90'])}",
+            )
+        table.add_row("doorstep-demand version", str(result.demand.version))
     table.add_row("seconds", f"{time.perf_counter() - start:.1f}")
     console.print(table)
 
@@ -280,7 +290,7 @@ def benchmark_demand(
     holidays: Annotated[str | None, typer.Option(help="Holiday country code, e.g. CN")] = None,
 ) -> None:
     """Train before --test-from; score every protocol and baseline on every later day."""
-    from training.benchmark_demand import load_demand_history, run_demand_benchmark
+    from training.benchmark_demand import load_demand_history, run_demand_benchmark, summary_rows
 
     try:
         with console.status(f"loading {history}"):
@@ -291,15 +301,10 @@ def benchmark_demand(
         raise _fail(str(exc)) from exc
     write_json(out, results)
     table_out = Table(title=f"demand benchmark ({freq}), test from {test_from} -> {out}", title_justify="left")
-    for col in ("protocol", "points", "WAPE", "MASE", "cover", "best baseline WAPE"):
+    for col in ("protocol", "points", "WAPE", "MASE", "cover", "best baseline WAPE", "x best"):
         table_out.add_column(col, justify="right")
-    for name, p in results["protocols"].items():
-        m = p["model"]
-        best = min(p["baselines"].items(), key=lambda kv: kv[1]["wape"])
-        table_out.add_row(
-            name, f"{p['n_points']:,}", f"{m['wape']:.3f}", f"{m['mase']:.3f}",
-            f"{m['coverage_p10_p90']:.3f}", f"{best[0]} {best[1]['wape']:.3f}",
-        )  # fmt: skip
+    for row in summary_rows(results):
+        table_out.add_row(*row)
     console.print(table_out)
     console.print(f"fit_seconds {results['fit_seconds']:.1f}")
 
@@ -368,6 +373,80 @@ def train_eta_cmd(
     leg = outcome.leg_metrics
     console.print(f"leg model MAE {leg['model']['mae_min']:.2f} min (baselines: "
                   + ", ".join(f"{k} {v['mae_min']:.2f}" for k, v in leg["baselines"].items()) + ")")
+    if outcome.decision is not None:
+        verdict = "champion" if outcome.decision.promoted else "challenger"
+        console.print(f"version {outcome.version} -> {verdict}: {outcome.decision.reason}")
+    console.print(f"run {outcome.run_id}, model {outcome.model_uri}")
+
+
+DEMAND_FREQS = ("h", "d", "both")
+
+
+def _load_demand_tables(
+    history: Path | None, freq: str, days: int, couriers: int, seed: int
+) -> tuple[Any, Any, str]:
+    """Hourly and daily demand tables to train on (None where not trained): the user's table
+    (``--freq both``: an hourly table, the daily one summed from it) or a simulated city's."""
+    from features.demand import validate_demand
+    from training.benchmark_demand import load_demand_history
+
+    if freq not in DEMAND_FREQS:
+        raise ValueError(f"--freq: must be one of {', '.join(DEMAND_FREQS)}, got {freq!r}")
+    if history is None or str(history) in ("", "."):  # MLflow passes an empty parameter as ""
+        from citysim import CityConfig, simulate
+
+        cfg = dataclasses.replace(CityConfig(), days=days, couriers=couriers, seed=seed)
+        with console.status(f"simulating {days} days x {couriers} couriers"):
+            demand = simulate(cfg).demand
+        hourly = validate_demand(demand, "h", where="simulated demand").table
+        source = f"citysim:days={days},couriers={couriers},seed={seed}"
+    else:
+        hourly = load_demand_history(history, "d" if freq == "d" else "h")
+        source = str(history)
+    if freq == "d":
+        return None, hourly, source
+    daily = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
+    daily = daily.groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()
+    return hourly, (daily if freq == "both" else None), source
+
+
+@train_app.command("demand")
+def train_demand_cmd(
+    history: Annotated[Path | None, typer.Option(help="Demand table zone_id, ts, volume (default: simulate a city)")] = None,
+    freq: Annotated[str, typer.Option(help="h | d | both (both: hourly table, daily summed from it)")] = "both",
+    config: Annotated[Path | None, typer.Option(help="Demand config YAML")] = Path("configs/demand.yaml"),
+    holdout_days: Annotated[int, typer.Option(help="Most recent days held out for the gate")] = 7,
+    holidays: Annotated[str | None, typer.Option(help="Holiday country code, e.g. CN (overrides the config)")] = None,
+    days: Annotated[int, typer.Option(help="Simulated days (no --history)")] = 90,
+    couriers: Annotated[int, typer.Option(help="Simulated couriers (no --history)")] = 60,
+    seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
+) -> None:
+    """Train the demand model(s), log to MLflow, register doorstep-demand, promote if it wins."""
+    from training.benchmark_demand import best_baseline, fmt
+    from training.pipeline_demand import load_demand_config, train_and_register_demand
+
+    try:
+        cfg = load_demand_config(config if config and config.exists() else None)
+        if holidays is not None:
+            cfg = dataclasses.replace(cfg, holidays_country=holidays)
+        hourly, daily, source = _load_demand_tables(history, freq, days, couriers, seed)
+        with console.status("training demand models, scoring the hold-out, logging"):
+            outcome = train_and_register_demand(
+                hourly, daily, cfg, data_source=source, holdout_days=holdout_days
+            )
+    except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"doorstep-demand v{outcome.version} (hold-out from {outcome.holdout_from})", title_justify="left")
+    for col in ("segment", "points", "MAE", "WAPE", "MASE", "cover", "best baseline WAPE"):
+        table.add_column(col, justify="right")
+    for seg, p in outcome.metrics.items():
+        m, best = p["model"], best_baseline(p["baselines"])
+        base = "-" if best is None else f"{best} {fmt(p['baselines'][best]['wape'])}"
+        table.add_row(
+            seg, f"{p['n_points']:,}", fmt(m["mae"]), fmt(m["wape"]), fmt(m["mase"]),
+            fmt(m["coverage_p10_p90"]), base,
+        )  # fmt: skip
+    console.print(table)
     if outcome.decision is not None:
         verdict = "champion" if outcome.decision.promoted else "challenger"
         console.print(f"version {outcome.version} -> {verdict}: {outcome.decision.reason}")

@@ -31,6 +31,7 @@ class MainOptions:
     seed: int = 7
     train: bool = True
     eta_config: Path | None = Path("configs/eta_demo.yaml")
+    demand_config: Path | None = Path("configs/demand_demo.yaml")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class MainResult:
     n_routes: int
     n_zones: int
     eta: Any = None  # training.pipeline_eta.TrainEtaOutcome when trained
+    demand: Any = None  # training.pipeline_demand.TrainDemandOutcome when trained
 
 
 def run_main(options: MainOptions, report: Report = print) -> MainResult:
@@ -87,7 +89,7 @@ def run_main(options: MainOptions, report: Report = print) -> MainResult:
     )
     hourly.to_parquet(hourly_path, index=False)
     daily.to_parquet(daily_path, index=False)
-    eta = None
+    eta = demand = None
     if options.train:
         from doorstep.config import load_yaml
         from training.eta import EtaConfig
@@ -100,6 +102,7 @@ def run_main(options: MainOptions, report: Report = print) -> MainResult:
         )
         verdict = "champion" if eta.decision is not None and eta.decision.promoted else "challenger"
         report(f"doorstep-eta version {eta.version} -> {verdict}")
+        demand = _train_demand(options, hourly, daily, str(source), report)
     return MainResult(
         deliveries=paths.deliveries,
         quarantine=paths.quarantine,
@@ -111,4 +114,28 @@ def run_main(options: MainOptions, report: Report = print) -> MainResult:
         n_routes=int(result.deliveries[s.ROUTE_ID].nunique()),
         n_zones=int(result.deliveries[s.ZONE_ID].nunique()),
         eta=eta,
+        demand=demand,
     )
+
+
+def _train_demand(
+    options: MainOptions, hourly: pd.DataFrame, daily: pd.DataFrame, source: str, report: Report
+) -> Any:
+    """Train and register doorstep-demand (hourly + daily) from the tables just written. A
+    history too short for the configured windows is reported and skipped: the ETA model is
+    already registered and stays useful."""
+    from training.pipeline_demand import load_demand_config, train_and_register_demand
+
+    path = options.demand_config
+    config = load_demand_config(path if path and path.exists() else None)
+    report("training the demand models, logging to MLflow, registering doorstep-demand")
+    try:
+        demand = train_and_register_demand(hourly, daily, config, data_source=source)
+    except ValueError as exc:
+        report(f"demand model not trained: {exc}")
+        return None
+    verdict = (
+        "champion" if demand.decision is not None and demand.decision.promoted else "challenger"
+    )
+    report(f"doorstep-demand version {demand.version} -> {verdict}")
+    return demand

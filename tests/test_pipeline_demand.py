@@ -182,3 +182,68 @@ def test_another_pyfunc_is_not_a_demand_model(mlflow_uri: str) -> None:
         ValueError, match=re.escape("not a demand model (no 'demand_bundle' artifact)")
     ):
         load_demand_bundle(info.model_uri)
+
+
+TINY_YAML = """
+gate_coverage_tolerance: 0.25
+daily:
+  calib_days: 7
+  valid_days: 5
+  booster: {n_estimators: 40, num_leaves: 7, min_child_samples: 10, early_stopping_rounds: 10}
+"""
+
+
+def test_train_demand_command_on_a_daily_table(tmp_path: Path, mlflow_uri: str) -> None:
+    history, config = tmp_path / "daily.csv", tmp_path / "demand.yaml"
+    synthetic("d", zones=4, days=45, seed=22).to_csv(history, index=False)
+    config.write_text(TINY_YAML)
+    args = ["train", "demand", "--history", str(history), "--freq", "d", "--config", str(config)]
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "d.day_ahead" in result.output and "d.week_ahead" in result.output
+    assert "version 1 -> champion: no champion yet" in result.output
+    assert sorted(load_demand_bundle("models:/doorstep-demand@champion").models) == ["d"]
+    bad = CliRunner().invoke(app, [*args[:-4], "--freq", "w"])
+    assert bad.exit_code == 2 and "--freq: must be one of h, d, both" in bad.output
+
+
+def test_main_job_reports_a_history_too_short_for_demand(
+    tables: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path, mlflow_uri: str
+) -> None:
+    from doorstep.pipeline import MainOptions, _train_demand
+
+    hourly, daily = tables  # 36 days: 29 before the hold-out
+    messages: list[str] = []
+    out = _train_demand(MainOptions(demand_config=None), hourly, daily, "synth", messages.append)
+    assert out is None
+    assert messages[-1].startswith("demand model not trained: hourly: need at least 35 days")
+
+
+def test_benchmark_table_survives_a_null_baseline_wape() -> None:
+    from training.benchmark_demand import best_baseline, summary_rows
+
+    metrics = {"mae": 0.0, "rmse": 0.0, "wape": None, "mase": None, "coverage_p10_p90": None}
+    results = {
+        "protocols": {
+            "day_ahead": {
+                "n_points": 24,
+                "model": {**metrics, "coverage_p10_p90": 1.0},
+                "baselines": {"seasonal_naive": metrics, "naive": metrics, "mean_4w": metrics},
+            },
+            "intraday": {
+                "n_points": 12,
+                "model": {**metrics, "wape": 0.5, "mase": 0.7, "coverage_p10_p90": 0.8},
+                "baselines": {
+                    "seasonal_naive": {**metrics, "wape": 1.0},
+                    "naive": metrics,
+                    "mean_4w": {**metrics, "wape": 0.8},
+                },
+            },
+        }
+    }
+    assert best_baseline(results["protocols"]["day_ahead"]["baselines"]) is None
+    assert best_baseline(results["protocols"]["intraday"]["baselines"]) == "mean_4w"
+    assert summary_rows(results) == [
+        ("day_ahead", "24", "-", "-", "1.000", "-", "-"),
+        ("intraday", "12", "0.500", "0.700", "0.800", "mean_4w 0.800", "0.625"),
+    ]

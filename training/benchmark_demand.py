@@ -68,3 +68,38 @@ def run_demand_benchmark(
         "n_train_rows": train.n_rows,
         "calibration_offsets": train.calibration,
     }
+
+
+def best_baseline(baselines: dict[str, dict[str, Any]], metric: str = "wape") -> str | None:
+    """The baseline with the lowest ``metric``, skipping those without one (WAPE is null
+    when the scored actuals sum to zero); None if no baseline has it."""
+    scored = {k: m[metric] for k, m in baselines.items() if m.get(metric) is not None}
+    return min(scored, key=lambda k: scored[k]) if scored else None
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A metric for a table: ``-`` where it is null."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per protocol: name, points, WAPE, MASE, coverage, best baseline and its WAPE,
+    model WAPE over it. Nulls print as ``-``, never crash the table."""
+    rows = []
+    for name, p in results["protocols"].items():
+        m = p["model"]
+        best = best_baseline(p["baselines"])
+        base = None if best is None else p["baselines"][best]["wape"]
+        ratio = m["wape"] / base if m["wape"] is not None and base else None
+        rows.append(
+            (
+                name,
+                f"{p['n_points']:,}",
+                fmt(m["wape"]),
+                fmt(m["mase"]),
+                fmt(m["coverage_p10_p90"]),
+                "-" if best is None else f"{best} {fmt(base)}",
+                fmt(ratio),
+            )
+        )
+    return rows
