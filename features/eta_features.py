@@ -87,6 +87,16 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         self.feature_set_ = FEATURE_SET
         return self
 
+    def known_couriers(self) -> frozenset[str]:
+        """Couriers with a pace profile; any other courier gets the pooled (cold-start) one."""
+        check_is_fitted(self, "courier_")
+        return frozenset(str(k) for k in self.courier_.keys_)
+
+    def known_zones(self) -> frozenset[str]:
+        """Zones with travel and service profiles; any other zone gets the pooled one."""
+        check_is_fitted(self, "zone_how_")
+        return frozenset(str(k).rsplit("|", 1)[0] for k in self.zone_how_.keys_)
+
     def transform(self, batch: QueryBatch, mode: Mode) -> npt.NDArray[np.float32]:
         """The feature matrix (targets x ``feature_names(mode)``) of a query batch."""
         check_is_fitted(self, "courier_")
@@ -251,6 +261,8 @@ def nn_tour(
         return seq
     if np.any(np.diff(group) < 0):
         raise ValueError("nn_tour: targets must be sorted by query")
+    if len(q_lat) <= _FEW_QUERIES:
+        return _nn_tour_few(group, q_lat, q_lng, lat, lng, seq)
     cur_lat, cur_lng = q_lat.astype(np.float64).copy(), q_lng.astype(np.float64).copy()
     counts = np.bincount(group, minlength=len(q_lat))
     starts = np.r_[0, np.cumsum(counts)[:-1]]
@@ -266,6 +278,37 @@ def nn_tour(
         seq[first] = step
         cur_lat[group[first]] = lat[first]
         cur_lng[group[first]] = lng[first]
+    return seq
+
+
+_FEW_QUERIES = 64  # a service request: one pairwise matrix per query beats per-step numpy calls
+
+
+def _nn_tour_few(
+    group: npt.NDArray[np.int64],
+    q_lat: FloatArray,
+    q_lng: FloatArray,
+    lat: FloatArray,
+    lng: FloatArray,
+    seq: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """``nn_tour`` for a few queries: the same distances (same function, same arguments) and
+    the same tie-break (lowest index), from one pairwise matrix per query."""
+    bounds = np.searchsorted(group, np.arange(len(q_lat) + 1))
+    for qi in range(len(q_lat)):
+        a, b = int(bounds[qi]), int(bounds[qi + 1])
+        if a == b:
+            continue
+        la, lo = lat[a:b], lng[a:b]
+        pair = np.nan_to_num(haversine_km(la[:, None], lo[:, None], la[None, :], lo[None, :]))
+        dist = np.nan_to_num(haversine_km(q_lat[qi : qi + 1], q_lng[qi : qi + 1], la, lo))
+        local = np.full(b - a, -1, dtype=np.int64)
+        for step in range(b - a):
+            dist = np.where(local < 0, dist, np.inf)
+            j = int(np.argmin(dist))
+            local[j] = step
+            dist = pair[j]
+        seq[a:b] = local
     return seq
 
 
@@ -305,11 +348,22 @@ def _sorted_along(
 
 
 def _running_sum(steps: FloatArray, first: npt.NDArray[np.bool_]) -> FloatArray:
-    """Inclusive cumulative sum of ``steps`` restarting where ``first`` is true."""
-    cum = np.cumsum(steps)
-    start_idx = np.flatnonzero(first)
-    seg_start = np.repeat(start_idx, np.diff(np.r_[start_idx, len(steps)]))
-    return cum - cum[seg_start] + steps[seg_start]
+    """Inclusive cumulative sum of ``steps`` restarting where ``first`` is true.
+
+    Summed within each segment (not a global cumsum minus an offset), so a route's values do
+    not depend on which other routes share the batch: a service request of one route gets
+    exactly the training row's value."""
+    steps = np.asarray(steps, dtype=np.float64)
+    starts = np.flatnonzero(first)
+    if len(starts) <= 1:
+        return np.cumsum(steps)
+    # one row per segment, zero-padded: a row's accumulate is that segment's own cumsum
+    lengths = np.diff(np.r_[starts, len(steps)])
+    col = np.arange(len(steps)) - np.repeat(starts, lengths)
+    row = np.repeat(np.arange(len(starts)), lengths)
+    padded = np.zeros((len(starts), int(lengths.max())))
+    padded[row, col] = steps
+    return np.cumsum(padded, axis=1)[row, col]
 
 
 def _unsort(order: npt.NDArray[np.int64], values: FloatArray) -> FloatArray:
@@ -332,8 +386,11 @@ def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
 
 def _count_same(group: npt.NDArray[np.int64], values: npt.NDArray[np.object_]) -> FloatArray:
     """How many targets of the same query share each target's value."""
-    key = pd.factorize(pd.Series(group.astype(str)) + "|" + pd.Series(values.astype(str)))[0]
-    return np.bincount(key)[key].astype(np.float64)
+    codes, uniques = pd.factorize(values.astype(str))
+    _, key, counts = np.unique(
+        group.astype(np.int64) * (len(uniques) + 1) + codes, return_inverse=True, return_counts=True
+    )
+    return counts[key].astype(np.float64)
 
 
 def _path_along(

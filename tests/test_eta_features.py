@@ -21,7 +21,13 @@ def deliveries() -> pd.DataFrame:
 
 def test_feature_names_are_pinned() -> None:
     unordered = feature_names("unordered")
-    assert unordered[:5] == ["dist_km", "dist_depot_km", "n_remaining", "rank_dist", "rank_dist_frac"]
+    assert unordered[:5] == [
+        "dist_km",
+        "dist_depot_km",
+        "n_remaining",
+        "rank_dist",
+        "rank_dist_frac",
+    ]
     assert len(unordered) == len(set(unordered)) == 56
     assert feature_names("ordered") == [
         *unordered,
@@ -89,7 +95,9 @@ def test_service_requests_give_the_training_features(deliveries: pd.DataFrame) -
     for mode in ("ordered", "unordered"):
         names = feature_names(mode)
         a = pd.DataFrame(featurizer.transform(history, mode), columns=names)
-        a["key"] = history.t_stop_id + "@" + np.round(history.q_time[history.t_query], 3).astype(str)
+        a["key"] = (
+            history.t_stop_id + "@" + np.round(history.q_time[history.t_query], 3).astype(str)
+        )
         b = pd.DataFrame(featurizer.transform(live, mode), columns=names)
         b["key"] = live.t_stop_id + "@" + np.round(live.q_time[live.t_query], 3).astype(str)
         merged = a.merge(b, on="key", suffixes=("_train", "_serve"))
@@ -105,9 +113,54 @@ def test_unknown_courier_and_zone_fall_back(deliveries: pd.DataFrame) -> None:
     last_route = deliveries[s.ROUTE_ID].iloc[-1]
     live = requests_from_deliveries(deliveries[deliveries[s.ROUTE_ID] == last_route])
     route = live[0]
-    stranger = type(route.state)(**{**route.state.__dict__, "courier_id": "new-courier", "vehicle_type": "hovercraft"})
+    stranger = type(route.state)(
+        **{**route.state.__dict__, "courier_id": "new-courier", "vehicle_type": "hovercraft"}
+    )
     batch = build_batch([type(route)(stranger, route.stops)], featurizer.tz_, ZoneResolver())
     X = pd.DataFrame(featurizer.transform(batch, "unordered"), columns=feature_names("unordered"))
     assert X["courier_days"].eq(0).all()
     assert np.isfinite(X["courier_km_per_min"]).all()  # pooled pace, not NaN
     assert X["vehicle"].isna().all()  # unseen category is missing, not an error
+
+
+def test_nn_tour_few_queries_path_equals_the_vectorised_one() -> None:
+    from features import eta_features as ef
+
+    rng = np.random.default_rng(3)
+    n_q = ef._FEW_QUERIES + 6  # above the threshold: the vectorised path
+    sizes = rng.integers(0, 30, n_q)
+    group = np.repeat(np.arange(n_q), sizes)
+    lat = 43.8 + rng.integers(0, 40, len(group)) * 1e-3  # a coarse grid: many exact ties
+    lng = 126.5 + rng.integers(0, 40, len(group)) * 1e-3
+    lat[::17] = np.nan  # unknown coordinates count as distance 0, in both paths
+    q_lat, q_lng = 43.82 + np.zeros(n_q), 126.52 + np.zeros(n_q)
+    vectorised = ef.nn_tour(group, q_lat, q_lng, lat, lng)
+    few = np.empty_like(vectorised)
+    for qi in range(n_q):
+        m = group == qi
+        few[m] = ef.nn_tour(
+            np.zeros(m.sum(), dtype=np.int64),
+            q_lat[qi : qi + 1],
+            q_lng[qi : qi + 1],
+            lat[m],
+            lng[m],
+        )
+    np.testing.assert_array_equal(few, vectorised)
+    assert (vectorised >= 0).all()
+
+
+def test_one_request_at_a_time_gives_the_training_features(deliveries: pd.DataFrame) -> None:
+    """The service answers one route per call: the small-batch paths (dict lookups, per-query
+    tours) must give exactly what the training batch gives."""
+    featurizer = EtaFeaturizer().fit(deliveries)
+    requests = requests_from_deliveries(deliveries)
+    whole = build_batch(requests, featurizer.tz_, ZoneResolver())
+    picks = np.random.default_rng(0).choice(len(requests), 15, replace=False)
+    starts = np.r_[0, np.cumsum([len(r.stops) for r in requests])]
+    for mode in ("ordered", "unordered"):
+        X_all = featurizer.transform(whole, mode)
+        for i in picks:
+            one = build_batch([requests[i]], featurizer.tz_, ZoneResolver())
+            np.testing.assert_array_equal(
+                featurizer.transform(one, mode), X_all[starts[i] : starts[i + 1]]
+            )
