@@ -196,9 +196,11 @@ def demo(
     couriers: Annotated[int, typer.Option(help="Simulated couriers")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
     train: Annotated[bool, typer.Option(help="Train and register the models")] = True,
+    serve: Annotated[bool, typer.Option(help="Then serve the champions over HTTP")] = True,
+    port: Annotated[int, typer.Option(help="HTTP port of the service")] = 3000,
 ) -> None:
     """The main job end to end: simulate (or ingest your data), validate, build demand tables,
-    train the models, log them to MLflow and register them."""
+    train the models, log them to MLflow, register them, and serve them."""
     from doorstep.pipeline import MainOptions, run_main
 
     options = MainOptions(out, data, format, mapping, tz, days, couriers, seed, train)
@@ -237,6 +239,11 @@ def demo(
         table.add_row("doorstep-demand version", str(result.demand.version))
     table.add_row("seconds", f"{time.perf_counter() - start:.1f}")
     console.print(table)
+    if serve and train:
+        import os
+
+        os.environ.setdefault("DOORSTEP_DEMAND_STORE", str(result.demand_hourly))
+        _serve(None, "127.0.0.1", port, None)
 
 
 benchmark_app = typer.Typer(help="Reproducible benchmarks (their interfaces are contracts).", no_args_is_help=True)
@@ -499,7 +506,12 @@ def models_list(kind: Annotated[str, typer.Argument(help="eta | demand")] = "eta
 
     if kind not in MODEL_NAMES:
         raise _fail(f"kind: must be one of {', '.join(MODEL_NAMES)}, got {kind!r}")
-    versions = current_versions(MODEL_NAMES[kind])
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = current_versions(MODEL_NAMES[kind])
+    except MlflowException:  # not registered yet
+        versions = {}
     if not versions:
         console.print(f"{MODEL_NAMES[kind]}: no aliased versions yet")
     for alias, v in versions.items():
@@ -523,6 +535,45 @@ def models_rollback(kind: Annotated[str, typer.Argument(help="eta | demand")]) -
 def write_json(path: Path, payload: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+CALL_HINT = """call it (examples in serving/examples/):
+  curl -s -X POST http://{host}:{port}/v1/eta -H 'content-type: application/json' -d @serving/examples/eta.json
+  curl -s -X POST http://{host}:{port}/v1/eta/matrix -H 'content-type: application/json' -d @serving/examples/eta_matrix.json
+  curl -s -X POST http://{host}:{port}/v1/demand -H 'content-type: application/json' -d @serving/examples/demand.json
+  curl -s http://{host}:{port}/v1/model-info      (API docs: http://{host}:{port}/docs)"""
+
+
+def _serve(config: Path | None, host: str, port: int, workers: int | None) -> None:
+    from serving.config import load_serving_config
+    from serving.launch import exec_serve, resolve_aliases
+
+    cfg = load_serving_config(config)
+    resolved = resolve_aliases(cfg)
+    if "eta" in resolved.missing:
+        raise _fail(
+            f"no ETA model to serve: {resolved.missing['eta']}; run `doorstep train eta` first"
+        )
+    for kind, what in resolved.versions.items():
+        console.print(f"[cyan]>[/] serving {kind}: {what}")
+    for kind, why in resolved.missing.items():
+        console.print(f"[yellow]![/] {kind} not served: {why}")
+    console.print(CALL_HINT.format(host=host, port=port))
+    exec_serve(cfg, host, port, workers)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option(help="Serving config YAML (default: $DOORSTEP_SERVING_CONFIG)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 for all)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core)")] = None,
+) -> None:
+    """Serve the registered champions over HTTP (BentoML): /v1/eta, /v1/eta/batch,
+    /v1/eta/matrix, /v1/demand, /v1/model-info, /healthz, /readyz, /metrics."""
+    _serve(config, host, port, workers)
 
 
 def main() -> None:

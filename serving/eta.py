@@ -1,0 +1,125 @@
+"""ETA answers: validated requests -> ``build_batch`` -> the bundle -> per-stop windows.
+
+The features come from ``features/`` (``build_batch`` then the bundle's ``EtaFeaturizer``), the
+same code that built the training rows, so there is one code path and no train/serve skew.
+No DataFrame is built per request: a 50-stop route is a few numpy arrays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from doorstep.eta_bundle import EtaBundle, EtaPrediction
+from features.eta_request import ZoneResolver, build_batch
+from serving.loader import ModelInfo
+from serving.schemas import (
+    EtaRequest,
+    EtaResponse,
+    MatrixRequest,
+    MatrixResponse,
+    ModelRef,
+    Quantiles,
+    StopEta,
+)
+
+FALLBACK_COURIER = "courier_pace"  # unknown or missing courier: the city's cold-start pace
+FALLBACK_ZONE = "zone_profile"  # a stop in a zone never seen in training
+FALLBACK_VEHICLE = "vehicle"  # a vehicle type the model was not trained on
+
+
+class ModelUnavailable(RuntimeError):
+    """The model an endpoint needs is not loaded (503, with the reason)."""
+
+
+@dataclass
+class EtaEngine:
+    bundle: EtaBundle
+    info: ModelInfo
+
+    def __post_init__(self) -> None:
+        f = self.bundle.featurizer
+        self.tz = str(f.tz_)
+        self.zones = ZoneResolver(int(f.h3_resolution))
+        self.known_couriers = f.known_couriers()
+        self.known_zones = f.known_zones()
+        self.known_vehicles = frozenset(str(v) for v in f.vehicles_)
+        self.ref = ModelRef(
+            name=self.info.name, version=self.info.version, feature_set=self.info.feature_set
+        )
+
+    def predict(self, requests: Sequence[EtaRequest]) -> list[EtaResponse]:
+        """One response per request, in order; each mode's routes go through one batch."""
+        out: list[EtaResponse | None] = [None] * len(requests)
+        for mode in ("ordered", "unordered"):
+            idx = [i for i, r in enumerate(requests) if r.mode == mode]
+            if not idx:
+                continue
+            routes = [requests[i].to_query() for i in idx]
+            batch = build_batch(routes, self.tz, self.zones)
+            pred = self.bundle.predict(batch, mode)  # type: ignore[arg-type]
+            start = 0
+            for i, route in zip(idx, routes, strict=True):
+                n = len(route.stops)
+                out[i] = self._response(requests[i], pred, batch.t_zone, start, n)
+                start += n
+        return [r for r in out if r is not None]
+
+    def _response(
+        self,
+        req: EtaRequest,
+        pred: EtaPrediction,
+        zones: np.ndarray,
+        start: int,
+        n: int,
+    ) -> EtaResponse:
+        t0 = req.courier.time
+        sl = slice(start, start + n)
+        p10, p50, p90 = pred.p10[sl].tolist(), pred.p50[sl].tolist(), pred.p90[sl].tolist()
+        known = [z in self.known_zones for z in zones[sl]]
+        stops = [
+            StopEta(
+                stop_id=st.stop_id,
+                sequence=j,
+                eta_minutes=Quantiles(p10=round(a, 2), p50=round(b, 2), p90=round(c, 2)),
+                arrival_time=t0 + dt.timedelta(seconds=round(b * 60)),
+                window_start=t0 + dt.timedelta(seconds=round(a * 60)),
+                window_end=t0 + dt.timedelta(seconds=round(c * 60)),
+                known_zone=k,
+            )
+            for j, (st, a, b, c, k) in enumerate(zip(req.stops, p10, p50, p90, known, strict=True))
+        ]
+        known_courier = req.courier.courier_id in self.known_couriers
+        fallbacks = []
+        if not known_courier:
+            fallbacks.append(FALLBACK_COURIER)
+        if not all(known):
+            fallbacks.append(FALLBACK_ZONE)
+        vehicle = (req.courier.vehicle_type or "").lower()
+        if vehicle and vehicle not in self.known_vehicles:
+            fallbacks.append(FALLBACK_VEHICLE)
+        return EtaResponse(
+            mode=req.mode,
+            model=self.ref,
+            known_courier=known_courier,
+            fallbacks=fallbacks,
+            stops=stops,
+        )
+
+    def matrix(self, req: MatrixRequest) -> MatrixResponse:
+        leg = self.bundle.leg
+        if leg is None:
+            raise ModelUnavailable("the served ETA model has no leg travel-time model")
+        o = np.array([(p.lat, p.lng) for p in req.origins], dtype=np.float64)
+        d = np.array([(p.lat, p.lng) for p in req.destinations], dtype=np.float64)
+        minutes = leg.predict_matrix(
+            o[:, 0], o[:, 1], d[:, 0], d[:, 1], req.departure_time, req.vehicle_type
+        )
+        return MatrixResponse(
+            model=self.ref,
+            departure_time=req.departure_time,
+            minutes=np.round(minutes, 2).tolist(),
+        )

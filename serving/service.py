@@ -1,0 +1,157 @@
+"""The doorstep BentoML service: ``bentoml serve serving.service:Doorstep`` or ``doorstep serve``.
+
+Thin by design: validate (``serving/schemas.py``), compute features with ``features/`` and
+predict with the bundles (``serving/eta.py``, ``serving/demand.py``), answer. It never imports
+``training/``. Models are loaded once per worker process from the MLflow registry (or a Bento's
+packed copy); nothing else is kept, so any number of replicas can run side by side.
+
+Speed notes (measured in ``benchmarks/bench_serving.py``): async endpoints (a plain ``def``
+runs in a one-thread pool), no adaptive batching (a route is already a batch; BentoML's batcher
+answered 503s under load), LightGBM on one thread per request with one worker per core, the
+request timer cancelled when a response starts, and ``gc.freeze()`` after the models load so
+the collector never walks the trees' objects again.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from typing import Any
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from serving.asgi import ApiKeyMiddleware, model_info_app, patch_timeout_timer
+from serving.config import load_serving_config
+from serving.demand import DemandEngine, DemandStore, StoreUnavailable
+from serving.eta import EtaEngine, ModelUnavailable
+from serving.loader import load_models
+from serving.schemas import (
+    DemandRequest,
+    DemandResponse,
+    EtaBatchRequest,
+    EtaBatchResponse,
+    EtaRequest,
+    EtaResponse,
+    MatrixRequest,
+    MatrixResponse,
+)
+
+log = logging.getLogger("doorstep.serving")
+# read at import for the decorator's worker count only; each instance re-reads its config
+CONFIG = load_serving_config()
+patch_timeout_timer()
+
+_STATE: dict[str, Any] = {}  # this process's service instance, for the mounted info route
+
+
+def _model_info() -> dict[str, Any]:
+    svc = _STATE.get("service")
+    if svc is None:
+        return {"ready": False, "models": {}, "errors": {"service": "starting"}}
+    return svc.info()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@bentoml.service(
+    name="doorstep",
+    workers=CONFIG.workers or "cpu_count",
+    traffic={"timeout": 30},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(model_info_app(_model_info), path="/v1")
+class Doorstep:
+    """Per-stop ETAs with calibrated windows, travel-time matrices, and zone demand."""
+
+    def __init__(self) -> None:
+        self.config = load_serving_config()
+        models = load_models(self.config)
+        self.errors = dict(models.errors)
+        self.eta_engine: EtaEngine | None = None
+        self.demand_engine: DemandEngine | None = None
+        if models.eta is not None and models.eta_info is not None:
+            models.eta.num_threads = 1  # one worker per core: threads would only contend
+            if models.eta.leg is not None:
+                models.eta.leg.num_threads = 1
+            self.eta_engine = EtaEngine(models.eta, models.eta_info)
+        if models.demand is not None and models.demand_info is not None:
+            models.demand.num_threads = 1
+            tz = self.eta_engine.tz if self.eta_engine is not None else "Asia/Shanghai"
+            store = DemandStore(str(self.config.demand_store))
+            self.demand_engine = DemandEngine(models.demand, models.demand_info, store, tz)
+        _STATE["service"] = self
+        # the models are loaded for good: keep the collector off their millions of objects
+        gc.collect()
+        gc.freeze()
+        log.info("doorstep service ready in process %d: %s", os.getpid(), self.info()["ready"])
+
+    def __is_ready__(self) -> bool:
+        return self.eta_engine is not None and (
+            self.demand_engine is not None or not self.config.require_demand
+        )
+
+    def info(self) -> dict[str, Any]:
+        models = {}
+        if self.eta_engine is not None:
+            models["eta"] = self.eta_engine.info.as_dict()
+        if self.demand_engine is not None:
+            models["demand"] = self.demand_engine.info.as_dict()
+            models["demand"]["store"] = str(self.demand_engine.store.path)
+        return {"ready": self.__is_ready__(), "models": models, "errors": self.errors}
+
+    def _log_route(self, req: EtaRequest) -> None:
+        if self.config.log_identifiers:
+            log.info("eta courier=%s route=%s", req.courier.courier_id, req.courier.route_id)
+
+    @bentoml.api(route="/v1/eta")
+    async def eta(self, request: EtaRequest, /) -> EtaResponse:
+        """One route: the courier's state and the stops left, ordered (a plan) or unordered.
+        Returns per-stop P10/P50/P90 minutes, the arrival time and the delivery window."""
+        if self.eta_engine is None:
+            return _error(503, f"ETA model not loaded: {self.errors.get('eta')}")  # type: ignore[return-value]
+        self._log_route(request)
+        return self.eta_engine.predict([request])[0]
+
+    @bentoml.api(route="/v1/eta/batch")
+    async def eta_batch(self, request: EtaBatchRequest, /) -> EtaBatchResponse:
+        """Many routes in one call (each with its own mode); answers in the same order."""
+        if self.eta_engine is None:
+            return _error(503, f"ETA model not loaded: {self.errors.get('eta')}")  # type: ignore[return-value]
+        total = sum(len(r.stops) for r in request.routes)
+        if total > self.config.max_batch_stops:
+            return _error(  # type: ignore[return-value]
+                413, f"routes: {total} stops in one batch, at most {self.config.max_batch_stops}"
+            )
+        return EtaBatchResponse(routes=self.eta_engine.predict(request.routes))
+
+    @bentoml.api(route="/v1/eta/matrix")
+    async def eta_matrix(self, request: MatrixRequest, /) -> MatrixResponse:
+        """Travel minutes from every origin to every destination, leaving at a time: the
+        leg model's matrix for routing solvers (0 on the diagonal of identical points)."""
+        if self.eta_engine is None:
+            return _error(503, f"ETA model not loaded: {self.errors.get('eta')}")  # type: ignore[return-value]
+        try:
+            return self.eta_engine.matrix(request)
+        except ModelUnavailable as exc:
+            return _error(503, str(exc))  # type: ignore[return-value]
+
+    @bentoml.api(route="/v1/demand")
+    async def demand(self, request: DemandRequest, /) -> DemandResponse:
+        """Zone volume for the rest of a date (hourly, re-planned from what was observed so far)
+        and the next days (daily), P10/P50/P90, with the city totals."""
+        if self.demand_engine is None:
+            return _error(503, f"demand model not loaded: {self.errors.get('demand')}")  # type: ignore[return-value]
+        try:
+            return self.demand_engine.forecast(request)
+        except StoreUnavailable as exc:
+            return _error(503, str(exc))  # type: ignore[return-value]
+        except ValueError as exc:  # e.g. a date the demand store has no recent history for
+            return _error(422, f"date: {exc}")  # type: ignore[return-value]
+
+
+# the key is read when each worker builds its app (None: no key, every request passes)
+Doorstep.add_asgi_middleware(ApiKeyMiddleware)
