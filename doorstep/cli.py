@@ -407,13 +407,15 @@ def _load_demand_tables(
             demand = simulate(cfg).demand
         hourly = validate_demand(demand, "h", where="simulated demand").table
         source = f"citysim:days={days},couriers={couriers},seed={seed}"
+    elif freq == "d":
+        return None, load_demand_history(history, "d"), str(history)
     else:
-        hourly = load_demand_history(history, "d" if freq == "d" else "h")
+        hourly = load_demand_history(history, "h")
         source = str(history)
-    if freq == "d":
-        return None, hourly, source
     daily = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
     daily = daily.groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()
+    if freq == "d":
+        return None, daily, source
     return hourly, (daily if freq == "both" else None), source
 
 
@@ -496,6 +498,43 @@ def tune_eta_cmd(
     except (MissingColumnsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.2f} min")
+    console.print(f"best booster -> {config}: {result.best_params}")
+
+
+@tune_app.command("demand")
+def tune_demand_cmd(
+    trials: Annotated[int, typer.Option(help="Trials to add in this run")] = 20,
+    timeout: Annotated[float | None, typer.Option(help="Stop adding trials after S seconds")] = None,
+    freq: Annotated[str, typer.Option(help="h | d: which model's booster to tune")] = "h",
+    history: Annotated[Path | None, typer.Option(help="Demand table (default: simulate a city)")] = None,
+    test_from: Annotated[str | None, typer.Option(help="First held-out day (default: last 7 days)")] = None,
+    config: Annotated[Path, typer.Option(help="Demand config YAML; best booster written back")] = Path("configs/demand.yaml"),
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: doorstep-demand-FREQ)")] = None,
+    days: Annotated[int, typer.Option(help="Simulated days (no --history)")] = 90,
+    couriers: Annotated[int, typer.Option(help="Simulated couriers (no --history)")] = 60,
+    seed: Annotated[int, typer.Option(help="Simulation and sampler seed")] = 7,
+) -> None:
+    """Tune a demand booster with Optuna; each trial a nested MLflow run; resumable."""
+    from training.pipeline_demand import load_demand_config, make_holdout
+    from training.tune_demand import tune_demand
+
+    try:
+        if freq not in ("h", "d"):
+            raise ValueError(f"--freq: must be h or d, got {freq!r}")
+        cfg = load_demand_config(config if config.exists() else None)
+        hourly, daily, _ = _load_demand_tables(history, freq, days, couriers, seed)
+        table = hourly if freq == "h" else daily
+        start = test_from or str(make_holdout({freq: table}, 7).start.date())
+        with console.status(f"tuning: {trials} trials, {freq} model"):
+            result = tune_demand(
+                table, freq, start, cfg.for_freq(freq), holidays_country=cfg.holidays_country,
+                n_trials=trials, timeout_s=timeout, storage=storage, study_name=study,
+                config_path=config, seed=seed,
+            )  # fmt: skip
+    except (MissingColumnsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.4f}")
     console.print(f"best booster -> {config}: {result.best_params}")
 
 

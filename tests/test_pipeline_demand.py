@@ -94,7 +94,7 @@ def test_train_register_gate_load_back_and_roll_back(
     tables: tuple[pd.DataFrame, pd.DataFrame], mlflow_uri: str
 ) -> None:
     hourly, daily = tables
-    client = MlflowClient()
+    client = MlflowClient(mlflow_uri)
     # a weak first version becomes champion (no champion yet) ...
     first = train_and_register_demand(hourly, daily, _worse(TINY), data_source="synth")
     assert first.version == "1" and first.decision is not None and first.decision.promoted

@@ -11,6 +11,10 @@ from mlflow.projects import _project_spec
 from features import schema as s
 
 ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = (
+    "main", "simulate", "ingest", "demand_table", "train_eta", "tune_eta", "benchmark_eta",
+    "train_demand", "tune_demand", "benchmark_demand",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "columns"), [("deliveries", s.DELIVERIES), ("demand", s.DEMAND)])
@@ -26,14 +30,10 @@ def test_mlproject_is_the_single_spec_mlflow_finds() -> None:
     assert link.is_symlink() and link.resolve() == (ROOT / "mlproject.yaml").resolve()
     project = _project_spec.load_project(str(ROOT))
     assert project.name == "doorstep"
-    assert {"main", "simulate", "ingest", "demand_table", "train_eta", "tune_eta", "benchmark_eta"} <= set(
-        project._entry_points
-    )
+    assert set(ENTRY_POINTS) <= set(project._entry_points)
 
 
-@pytest.mark.parametrize(
-    "entry", ["main", "simulate", "ingest", "demand_table", "train_eta", "tune_eta", "benchmark_eta"]
-)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_mlproject_entry_points_build_commands(entry: str, tmp_path: Path) -> None:
     project = _project_spec.load_project(str(ROOT))
     point = project.get_entry_point(entry)

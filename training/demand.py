@@ -309,22 +309,35 @@ def fit_heads(
     return model, best["count" if model.head == "count" else "q0.5"], losses
 
 
-def train_demand(
+@dataclass(frozen=True)
+class DemandWindows:
+    """What ``train_demand`` fits on: the split, the fitted featurizer, the panel of every
+    period before ``test_from``, and the fit / validation matrices (tuning reuses them)."""
+
+    split: DemandSplit
+    featurizer: DemandFeaturizer
+    panel: DemandPanel
+    names: list[str]
+    X: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+    y: tuple[FloatArray, FloatArray]
+    q_cal: DemandQueries
+
+
+def demand_windows(
     table: pd.DataFrame,
     freq: str,
     test_from: str | pd.Timestamp,
-    spec: DemandFeatureSpec | None = None,
-    config: DemandTrainConfig | None = None,
-) -> DemandTrainResult:
-    """Fit zone statistics, boosters and calibration on the periods before ``test_from``."""
-    freq = check_freq(freq)
-    config = config or DemandTrainConfig.for_freq(freq)
-    spec = spec or spec_for(freq)
+    spec: DemandFeatureSpec,
+    config: DemandTrainConfig,
+) -> DemandWindows:
+    """The time split, zone statistics fitted before ``test_from``, and the feature matrices."""
     if spec.freq != freq:
         raise ValueError(f"spec: built for freq {spec.freq!r}, training asked for {freq!r}")
     if config.head not in HEADS:
         raise ValueError(f"head: must be one of {list(HEADS)}, got {config.head!r}")
-    start = time.perf_counter()
+    names = spec.feature_names()
+    if config.level_feature is not None and config.level_feature not in names:
+        raise ValueError(f"level_feature {config.level_feature!r}: not one of the spec's features")
     rng = np.random.default_rng(config.seed)
     split = make_split(table, test_from, config)
     history = table[pd.to_datetime(table[s.TS]) < split.test_from]
@@ -345,22 +358,35 @@ def train_demand(
     q_cal = window_queries(
         panel, split.calib_from, split.test_from, config.calib_origin_hours, horizon
     )
-    names = spec.feature_names()
-    if config.level_feature is not None and config.level_feature not in names:
-        raise ValueError(f"level_feature {config.level_feature!r}: not one of the spec's features")
     X = (featurizer.transform(panel, q_fit), featurizer.transform(panel, q_val))
     y = (panel.values[q_fit.zone, q_fit.target], panel.values[q_val.zone, q_val.target])
-    model, best, losses = fit_heads(featurizer, names, X, y, config)
-    calibrate(model, panel, q_cal, config.coverage, config.num_threads)
-    window = (str(panel.start), str(split.test_from))
+    return DemandWindows(split, featurizer, panel, names, X, y, q_cal)
+
+
+def train_demand(
+    table: pd.DataFrame,
+    freq: str,
+    test_from: str | pd.Timestamp,
+    spec: DemandFeatureSpec | None = None,
+    config: DemandTrainConfig | None = None,
+) -> DemandTrainResult:
+    """Fit zone statistics, boosters and calibration on the periods before ``test_from``."""
+    freq = check_freq(freq)
+    config = config or DemandTrainConfig.for_freq(freq)
+    spec = spec or spec_for(freq)
+    start = time.perf_counter()
+    w = demand_windows(table, freq, test_from, spec, config)
+    model, best, losses = fit_heads(w.featurizer, w.names, w.X, w.y, config)
+    calibrate(model, w.panel, w.q_cal, config.coverage, config.num_threads)
+    window = (str(w.panel.start), str(w.split.test_from))
     bundle = DemandBundle({freq: model}, training_window=window, num_threads=1)
     return DemandTrainResult(
         bundle=bundle,
-        split=split,
+        split=w.split,
         best_iteration=best,
         head=model.head,
         validation_mae=losses,
         fit_seconds=time.perf_counter() - start,
-        n_rows={"fit": len(q_fit), "valid": len(q_val), "calibration": len(q_cal)},
+        n_rows={"fit": len(w.y[0]), "valid": len(w.y[1]), "calibration": len(w.q_cal)},
         calibration={"zones": model.conformal, "total": model.total_conformal},
     )

@@ -214,31 +214,113 @@ def _check_same_problem(study: optuna.Study, key: dict[str, Any]) -> None:
         )
 
 
-def write_booster(config_path: Path, booster: dict[str, Any], note: str) -> None:
-    """Replace the ``booster:`` block of a YAML config, keeping every other line as it was.
+def write_block(
+    config_path: Path,
+    keys: Sequence[str],
+    value: dict[str, Any],
+    note: str,
+    check: Callable[[Path], object],
+) -> None:
+    """Replace the YAML block at ``keys`` (``("booster",)``, ``("hourly", "booster")``) of a
+    config file, keeping every other line as it was; add it (and its parents) if absent.
 
-    Text-level so the file's comments and key order survive; the result is loaded back as an
-    ``EtaConfig`` before it replaces the original, so a bad write never lands.
+    Text-level so the file's comments and key order survive (blocks indented two spaces per
+    level, as ``yaml.safe_dump`` writes them). ``check(path)`` loads the result before it
+    replaces the original, so a bad write never lands.
     """
     lines = config_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    body = yaml.safe_dump({"booster": booster}, sort_keys=False).splitlines(keepends=True)
-    block = [body[0], f"  # {note}\n", *body[1:]]
-    start = next((i for i, ln in enumerate(lines) if re.match(r"booster\s*:", ln)), None)
-    if start is None:
-        lines += block
-    else:
+    lo, hi = 0, len(lines)
+    for depth, key in enumerate(keys):
+        pad = "  " * depth
+        start = next(
+            (i for i in range(lo, hi) if re.match(rf"{pad}{re.escape(key)}\s*:", lines[i])), None
+        )
+        if start is None:  # write the rest of the path at the end of the parent block
+            nested: Any = value
+            for k in reversed(keys[depth:]):
+                nested = {k: nested}
+            body = [pad + ln for ln in yaml.safe_dump(nested, sort_keys=False).splitlines(True)]
+            at = len(keys) - depth  # just below the last key's own line
+            note_line = f"{pad}{'  ' * at}# {note}\n"
+            lines[hi:hi] = [*body[:at], note_line, *body[at:]]
+            break
         end = start + 1
-        while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t"):
+        while end < hi and (
+            not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > len(pad)
+        ):
             end += 1
-        lines[start:end] = block
+        if depth == len(keys) - 1:
+            body = yaml.safe_dump({key: value}, sort_keys=False).splitlines(keepends=True)
+            block = [pad + body[0], f"{pad}  # {note}\n", *(pad + ln for ln in body[1:])]
+            lines[start:end] = block
+        lo, hi = start + 1, end
     tmp = config_path.with_name(config_path.name + ".tmp")
     tmp.write_text("".join(lines), encoding="utf-8")
     try:
-        load_yaml(EtaConfig, tmp)
+        check(tmp)
     except Exception:
         tmp.unlink()
         raise
     tmp.replace(config_path)
+
+
+def write_booster(config_path: Path, booster: dict[str, Any], note: str) -> None:
+    """Replace the ``booster:`` block of an ETA config (see ``write_block``)."""
+    write_block(config_path, ("booster",), booster, note, lambda p: load_yaml(EtaConfig, p))
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    study: optuna.Study
+    parent_run_id: str
+    n_trials_total: int
+
+
+def run_study(
+    objective: Callable[[optuna.Trial], float],
+    *,
+    study_name: str,
+    storage: str,
+    seed: int,
+    problem: dict[str, Any],
+    experiment: str,
+    n_trials: int | None,
+    timeout_s: float | None,
+    warmup_steps: int,
+    on_best: Callable[[optuna.Study], None],
+) -> StudyRun:
+    """Create or resume the study, refuse one tuned on another ``problem``, optimise under a
+    parent MLflow run (trials nest under it), then call ``on_best(study)`` inside that run."""
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="minimize",
+        load_if_exists=True,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_steps),
+    )
+    _check_same_problem(study, problem)
+    # offset by the trials already stored, or a resumed run would redraw the same startup points
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"tune-{study_name}") as parent:
+        mlflow.set_tags({"optuna.study": study_name, "optuna.storage": _redact(storage)})
+        mlflow.log_params(problem | {"n_trials": n_trials, "timeout_s": timeout_s, "seed": seed})
+        study.optimize(objective, n_trials=n_trials, timeout=timeout_s)
+        states = [t.state for t in study.trials]
+        mlflow.log_metrics(
+            {
+                "n_trials_total": len(states),
+                "n_complete": states.count(optuna.trial.TrialState.COMPLETE),
+                "n_pruned": states.count(optuna.trial.TrialState.PRUNED),
+            }
+        )
+        if optuna.trial.TrialState.COMPLETE not in states:
+            raise RuntimeError(f"study {study_name!r}: no trial completed; nothing to write back")
+        mlflow.set_tag("optuna.best_trial", study.best_trial.number)
+        on_best(study)
+    return StudyRun(study, parent.info.run_id, len(states))
 
 
 def tune_eta(
@@ -262,58 +344,43 @@ def tune_eta(
     seed = config.seed if seed is None else seed
     featurizer, fit_b, valid_b, key = _windows(deliveries, day_of(test_from), config)
     objective = make_eta_objective(featurizer, fit_b, valid_b, config, config.modes)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        direction="minimize",
-        load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=5,
-            n_warmup_steps=min(WARMUP_ROUNDS, config.booster.n_estimators // 2),
-        ),
-    )
-    _check_same_problem(study, key)
-    # offset by the trials already stored, or a resumed run would redraw the same startup points
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    written: dict[str, Any] = {}
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=f"tune-{study_name}") as parent:
-        mlflow.set_tags({"optuna.study": study_name, "optuna.storage": _redact(storage)})
-        mlflow.log_params(key | {"n_trials": n_trials, "timeout_s": timeout_s, "seed": seed})
-        study.optimize(objective, n_trials=n_trials, timeout=timeout_s)
-        states = [t.state for t in study.trials]
-        mlflow.log_metrics(
-            {
-                "n_trials_total": len(states),
-                "n_complete": states.count(optuna.trial.TrialState.COMPLETE),
-                "n_pruned": states.count(optuna.trial.TrialState.PRUNED),
-            }
-        )
-        if optuna.trial.TrialState.COMPLETE not in states:
-            raise RuntimeError(f"study {study_name!r}: no trial completed; nothing to write back")
+    def on_best(study: optuna.Study) -> None:
         best_trial = study.best_trial
         rounds = max(best_trial.user_attrs["best_iteration"].values())
         # the cap only bounds early stopping at training time; the margin leaves room for the
         # refit on fit + validation days, which has more rows and may want a few more rounds
-        booster = best_trial.params | {
-            "n_estimators": max(math.ceil(rounds * N_ESTIMATORS_MARGIN), 10)
-        }
+        written.update(
+            best_trial.params | {"n_estimators": max(math.ceil(rounds * N_ESTIMATORS_MARGIN), 10)}
+        )
         mlflow.log_metric("best_valid_mae_min", float(study.best_value))
-        mlflow.set_tag("optuna.best_trial", best_trial.number)
-        mlflow.log_dict(booster, "best_booster.json")
+        mlflow.log_dict(written, "best_booster.json")
         if config_path is not None:
             note = (
                 f"tuned: study {study_name}, trial {best_trial.number}, "
                 f"validation MAE {study.best_value:.3f} min"
             )
             on_file = load_yaml(EtaConfig, config_path)  # keeps the file's other booster keys
-            write_booster(config_path, to_dict(with_booster(on_file, **booster).booster), note)
-    return TuneResult(
-        best_params=booster,
-        best_value=float(study.best_value),
-        n_trials_total=len(states),
+            write_booster(config_path, to_dict(with_booster(on_file, **written).booster), note)
+
+    run = run_study(
+        objective,
         study_name=study_name,
         storage=storage,
-        parent_run_id=parent.info.run_id,
+        seed=seed,
+        problem=key,
+        experiment=EXPERIMENT,
+        n_trials=n_trials,
+        timeout_s=timeout_s,
+        warmup_steps=min(WARMUP_ROUNDS, config.booster.n_estimators // 2),
+        on_best=on_best,
+    )
+    return TuneResult(
+        best_params=dict(written),
+        best_value=float(run.study.best_value),
+        n_trials_total=run.n_trials_total,
+        study_name=study_name,
+        storage=storage,
+        parent_run_id=run.parent_run_id,
     )
