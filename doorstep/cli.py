@@ -128,8 +128,12 @@ def ingest(
 
 @app.command("demand-table")
 def demand_table(
-    path: Annotated[Path, typer.Argument(help="Changshu orders, deliveries Parquet, or a planner's table")],
-    format: Annotated[str, typer.Option("--format", help="changshu | deliveries | table")] = "deliveries",
+    path: Annotated[
+        Path, typer.Argument(help="Changshu orders, deliveries Parquet, or a planner's table")
+    ],
+    format: Annotated[
+        str, typer.Option("--format", help="changshu | deliveries | table")
+    ] = "deliveries",
     freq: Annotated[str, typer.Option(help="h (hourly) | d (daily)")] = "d",
     out: Annotated[Path, typer.Option(help="Output Parquet or CSV file")] = Path(
         "data/demand.parquet"
@@ -239,6 +243,12 @@ def demo(
         table.add_row("doorstep-demand version", str(result.demand.version))
     table.add_row("seconds", f"{time.perf_counter() - start:.1f}")
     console.print(table)
+    if train:
+        from doorstep.fast_trees import available
+
+        if available():
+            n = compile_champion(lambda m: console.print(f"[cyan]>[/] {m}"))
+            console.print(f"[cyan]>[/] {n} booster(s) compiled (the others were cached)")
     if serve and train:
         import os
 
@@ -246,14 +256,18 @@ def demo(
         _serve(None, "127.0.0.1", port, None)
 
 
-benchmark_app = typer.Typer(help="Reproducible benchmarks (their interfaces are contracts).", no_args_is_help=True)
+benchmark_app = typer.Typer(
+    help="Reproducible benchmarks (their interfaces are contracts).", no_args_is_help=True
+)
 app.add_typer(benchmark_app, name="benchmark")
 
 
 @benchmark_app.command("eta")
 def benchmark_eta(
     data: Annotated[Path, typer.Option(help="Deliveries: a LaDe-D file or a contract Parquet")],
-    test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD (split by courier-day date)")],
+    test_from: Annotated[
+        str, typer.Option(help="First test day, YYYY-MM-DD (split by courier-day date)")
+    ],
     out: Annotated[Path, typer.Option(help="results.json")] = Path("results.json"),
     format: Annotated[str, typer.Option("--format", help="lade | parquet")] = "parquet",
     config: Annotated[Path | None, typer.Option(help="ETA config YAML")] = None,
@@ -275,7 +289,17 @@ def benchmark_eta(
         raise _fail(str(exc)) from exc
     write_json(out, bench.results)
     table = Table(title=f"ETA benchmark, test from {test_from} -> {out}", title_justify="left")
-    for col in ("protocol", "rows", "MAE", "ACC@20", "cover", "width", "xSPEED", "best baseline", "x best"):
+    for col in (
+        "protocol",
+        "rows",
+        "MAE",
+        "ACC@20",
+        "cover",
+        "width",
+        "xSPEED",
+        "best baseline",
+        "x best",
+    ):
         table.add_column(col, justify="right")
     for mode, p in bench.results["protocols"].items():
         m = p["model"]
@@ -290,7 +314,9 @@ def benchmark_eta(
 
 @benchmark_app.command("demand")
 def benchmark_demand(
-    history: Annotated[Path, typer.Option(help="Demand table: CSV or Parquet with zone_id, ts, volume")],
+    history: Annotated[
+        Path, typer.Option(help="Demand table: CSV or Parquet with zone_id, ts, volume")
+    ],
     freq: Annotated[str, typer.Option(help="h (hourly) | d (daily)")],
     test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD")],
     out: Annotated[Path, typer.Option(help="results.json")] = Path("results.json"),
@@ -307,7 +333,9 @@ def benchmark_demand(
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     write_json(out, results)
-    table_out = Table(title=f"demand benchmark ({freq}), test from {test_from} -> {out}", title_justify="left")
+    table_out = Table(
+        title=f"demand benchmark ({freq}), test from {test_from} -> {out}", title_justify="left"
+    )
     for col in ("protocol", "points", "WAPE", "MASE", "cover", "best baseline WAPE", "x best"):
         table_out.add_column(col, justify="right")
     for row in summary_rows(results):
@@ -316,14 +344,20 @@ def benchmark_demand(
     console.print(f"fit_seconds {results['fit_seconds']:.1f}")
 
 
-train_app = typer.Typer(help="Train, evaluate, log to MLflow, register, gate.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train, evaluate, log to MLflow, register, gate.", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")
-models_app = typer.Typer(help="The MLflow model registry: aliases and rollback.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The MLflow model registry: aliases and rollback.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 MODEL_NAMES = {"eta": "doorstep-eta", "demand": "doorstep-demand"}
 
 
-def _load_training_data(data: Path | None, format: str, days: int, couriers: int, seed: int) -> tuple[Any, str]:
+def _load_training_data(
+    data: Path | None, format: str, days: int, couriers: int, seed: int
+) -> tuple[Any, str]:
     """Deliveries to train on: the user's file (validated) or a freshly simulated city."""
     from features.ingest import IngestOptions, ingest, read_deliveries
 
@@ -335,7 +369,9 @@ def _load_training_data(data: Path | None, format: str, days: int, couriers: int
             frame = simulate(cfg).deliveries
         from features.ingest import ingest_frame
 
-        return ingest_frame(frame, str(frame[s.ARRIVAL_TIME].dt.tz)).deliveries, f"citysim:days={days},couriers={couriers},seed={seed}"
+        return ingest_frame(
+            frame, str(frame[s.ARRIVAL_TIME].dt.tz)
+        ).deliveries, f"citysim:days={days},couriers={couriers},seed={seed}"
     if format == "contract":
         return read_deliveries(data), str(data)
     result = ingest(data, IngestOptions(fmt=format))  # type: ignore[arg-type]
@@ -347,7 +383,9 @@ def _load_training_data(data: Path | None, format: str, days: int, couriers: int
 @train_app.command("eta")
 def train_eta_cmd(
     data: Annotated[Path | None, typer.Option(help="Deliveries (default: simulate a city)")] = None,
-    format: Annotated[str, typer.Option("--format", help="contract | lade | csv | parquet")] = "contract",
+    format: Annotated[
+        str, typer.Option("--format", help="contract | lade | csv | parquet")
+    ] = "contract",
     config: Annotated[Path | None, typer.Option(help="ETA config YAML")] = Path("configs/eta.yaml"),
     holdout_days: Annotated[int, typer.Option(help="Most recent days held out for the gate")] = 7,
     days: Annotated[int, typer.Option(help="Simulated days (no --data)")] = 60,
@@ -363,10 +401,15 @@ def train_eta_cmd(
         cfg = load_yaml(EtaConfig, config if config and config.exists() else None)
         deliveries, source = _load_training_data(data, format, days, couriers, seed)
         with console.status("training ETA and leg models, evaluating, logging"):
-            outcome = train_and_register_eta(deliveries, cfg, data_source=source, holdout_days=holdout_days)
+            outcome = train_and_register_eta(
+                deliveries, cfg, data_source=source, holdout_days=holdout_days
+            )
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    table = Table(title=f"doorstep-eta v{outcome.version} (hold-out from {outcome.holdout_from})", title_justify="left")
+    table = Table(
+        title=f"doorstep-eta v{outcome.version} (hold-out from {outcome.holdout_from})",
+        title_justify="left",
+    )
     for col in ("mode", "MAE", "best baseline", "x best", "ACC@20", "cover", "width"):
         table.add_column(col, justify="right")
     for mode, m in outcome.metrics.items():
@@ -378,8 +421,11 @@ def train_eta_cmd(
         )  # fmt: skip
     console.print(table)
     leg = outcome.leg_metrics
-    console.print(f"leg model MAE {leg['model']['mae_min']:.2f} min (baselines: "
-                  + ", ".join(f"{k} {v['mae_min']:.2f}" for k, v in leg["baselines"].items()) + ")")
+    console.print(
+        f"leg model MAE {leg['model']['mae_min']:.2f} min (baselines: "
+        + ", ".join(f"{k} {v['mae_min']:.2f}" for k, v in leg["baselines"].items())
+        + ")"
+    )
     if outcome.decision is not None:
         verdict = "champion" if outcome.decision.promoted else "challenger"
         console.print(f"version {outcome.version} -> {verdict}: {outcome.decision.reason}")
@@ -421,11 +467,20 @@ def _load_demand_tables(
 
 @train_app.command("demand")
 def train_demand_cmd(
-    history: Annotated[Path | None, typer.Option(help="Demand table zone_id, ts, volume (default: simulate a city)")] = None,
-    freq: Annotated[str, typer.Option(help="h | d | both (both: hourly table, daily summed from it)")] = "both",
-    config: Annotated[Path | None, typer.Option(help="Demand config YAML")] = Path("configs/demand.yaml"),
+    history: Annotated[
+        Path | None,
+        typer.Option(help="Demand table zone_id, ts, volume (default: simulate a city)"),
+    ] = None,
+    freq: Annotated[
+        str, typer.Option(help="h | d | both (both: hourly table, daily summed from it)")
+    ] = "both",
+    config: Annotated[Path | None, typer.Option(help="Demand config YAML")] = Path(
+        "configs/demand.yaml"
+    ),
     holdout_days: Annotated[int, typer.Option(help="Most recent days held out for the gate")] = 7,
-    holidays: Annotated[str | None, typer.Option(help="Holiday country code, e.g. CN (overrides the config)")] = None,
+    holidays: Annotated[
+        str | None, typer.Option(help="Holiday country code, e.g. CN (overrides the config)")
+    ] = None,
     days: Annotated[int, typer.Option(help="Simulated days (no --history)")] = 90,
     couriers: Annotated[int, typer.Option(help="Simulated couriers (no --history)")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
@@ -445,7 +500,10 @@ def train_demand_cmd(
             )
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    table = Table(title=f"doorstep-demand v{outcome.version} (hold-out from {outcome.holdout_from})", title_justify="left")
+    table = Table(
+        title=f"doorstep-demand v{outcome.version} (hold-out from {outcome.holdout_from})",
+        title_justify="left",
+    )
     for col in ("segment", "points", "MAE", "WAPE", "MASE", "cover", "best baseline WAPE"):
         table.add_column(col, justify="right")
     for seg, p in outcome.metrics.items():
@@ -462,18 +520,28 @@ def train_demand_cmd(
     console.print(f"run {outcome.run_id}, model {outcome.model_uri}")
 
 
-tune_app = typer.Typer(help="Optuna tuning of the boosters (resumable studies).", no_args_is_help=True)
+tune_app = typer.Typer(
+    help="Optuna tuning of the boosters (resumable studies).", no_args_is_help=True
+)
 app.add_typer(tune_app, name="tune")
 
 
 @tune_app.command("eta")
 def tune_eta_cmd(
     trials: Annotated[int, typer.Option(help="Trials to add in this run")] = 20,
-    timeout: Annotated[float | None, typer.Option(help="Stop adding trials after S seconds")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop adding trials after S seconds")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="Deliveries (default: simulate a city)")] = None,
-    format: Annotated[str, typer.Option("--format", help="contract | lade | csv | parquet")] = "contract",
-    test_from: Annotated[str | None, typer.Option(help="First held-out day (default: last 7 days)")] = None,
-    config: Annotated[Path, typer.Option(help="ETA config YAML; best booster written back")] = Path("configs/eta.yaml"),
+    format: Annotated[
+        str, typer.Option("--format", help="contract | lade | csv | parquet")
+    ] = "contract",
+    test_from: Annotated[
+        str | None, typer.Option(help="First held-out day (default: last 7 days)")
+    ] = None,
+    config: Annotated[Path, typer.Option(help="ETA config YAML; best booster written back")] = Path(
+        "configs/eta.yaml"
+    ),
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL")] = None,
     study: Annotated[str, typer.Option(help="Study name")] = "doorstep-eta",
     days: Annotated[int, typer.Option(help="Simulated days (no --data)")] = 60,
@@ -497,20 +565,32 @@ def tune_eta_cmd(
             )  # fmt: skip
     except (MissingColumnsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
-    console.print(f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.2f} min")
+    console.print(
+        f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.2f} min"
+    )
     console.print(f"best booster -> {config}: {result.best_params}")
 
 
 @tune_app.command("demand")
 def tune_demand_cmd(
     trials: Annotated[int, typer.Option(help="Trials to add in this run")] = 20,
-    timeout: Annotated[float | None, typer.Option(help="Stop adding trials after S seconds")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop adding trials after S seconds")
+    ] = None,
     freq: Annotated[str, typer.Option(help="h | d: which model's booster to tune")] = "h",
-    history: Annotated[Path | None, typer.Option(help="Demand table (default: simulate a city)")] = None,
-    test_from: Annotated[str | None, typer.Option(help="First held-out day (default: last 7 days)")] = None,
-    config: Annotated[Path, typer.Option(help="Demand config YAML; best booster written back")] = Path("configs/demand.yaml"),
+    history: Annotated[
+        Path | None, typer.Option(help="Demand table (default: simulate a city)")
+    ] = None,
+    test_from: Annotated[
+        str | None, typer.Option(help="First held-out day (default: last 7 days)")
+    ] = None,
+    config: Annotated[
+        Path, typer.Option(help="Demand config YAML; best booster written back")
+    ] = Path("configs/demand.yaml"),
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL")] = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default: doorstep-demand-FREQ)")] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: doorstep-demand-FREQ)")
+    ] = None,
     days: Annotated[int, typer.Option(help="Simulated days (no --history)")] = 90,
     couriers: Annotated[int, typer.Option(help="Simulated couriers (no --history)")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation and sampler seed")] = 7,
@@ -534,7 +614,9 @@ def tune_demand_cmd(
             )  # fmt: skip
     except (MissingColumnsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
-    console.print(f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.4f}")
+    console.print(
+        f"study {result.study_name}: {result.n_trials_total} trials, best validation MAE {result.best_value:.4f}"
+    )
     console.print(f"best booster -> {config}: {result.best_params}")
 
 
@@ -555,6 +637,40 @@ def models_list(kind: Annotated[str, typer.Argument(help="eta | demand")] = "eta
         console.print(f"{MODEL_NAMES[kind]}: no aliased versions yet")
     for alias, v in versions.items():
         console.print(f"{MODEL_NAMES[kind]}@{alias} = version {v.version} (run {v.run_id})")
+
+
+def compile_champion(report: Any = None, workers: int = 2, alias: str = "champion") -> int:
+    """Compile the served ETA bundle's boosters for this CPU into the tree cache (once)."""
+    from doorstep.eta_pyfunc import load_bundle
+    from doorstep.fast_trees import available, boosters_of, compile_boosters
+
+    if not available():
+        raise ValueError("lleaves is not installed: the service will use LightGBM")
+    bundle = load_bundle(f"models:/{MODEL_NAMES['eta']}@{alias}")
+    boosters = boosters_of(bundle)
+    if report is not None:
+        report(f"compiling {len(boosters)} boosters of {MODEL_NAMES['eta']}@{alias} for this CPU")
+    return len(compile_boosters(boosters, workers=workers))
+
+
+@models_app.command("compile")
+def models_compile(
+    kind: Annotated[str, typer.Argument(help="eta")] = "eta",
+    alias: Annotated[str, typer.Option(help="Registry alias to compile")] = "champion",
+    workers: Annotated[int, typer.Option(help="Compiler processes")] = 2,
+) -> None:
+    """Compile a registered model's trees for this machine's CPU (lleaves; once per machine and
+    version). The service then predicts the same numbers several times faster."""
+    from mlflow.exceptions import MlflowException
+
+    if kind != "eta":
+        raise _fail(f"kind: only the eta model has compiled trees, got {kind!r}")
+    start = time.perf_counter()
+    try:
+        n = compile_champion(lambda m: console.print(f"[cyan]>[/] {m}"), workers, alias)
+    except (MlflowException, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"compiled {n} new booster(s) in {time.perf_counter() - start:.1f} s")
 
 
 @models_app.command("rollback")
@@ -608,7 +724,9 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 for all)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per core)")
+    ] = None,
 ) -> None:
     """Serve the registered champions over HTTP (BentoML): /v1/eta, /v1/eta/batch,
     /v1/eta/matrix, /v1/demand, /v1/model-info, /healthz, /readyz, /metrics."""

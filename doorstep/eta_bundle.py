@@ -54,6 +54,19 @@ class ModeModel:
     # what the boosters predict: "minutes", or "log1p" minutes. Quantiles commute with a
     # monotone transform, so log-space quantile boosters give minute quantiles exactly.
     target: str = "minutes"
+    # compiled copies of the boosters (doorstep.fast_trees), attached by serving; never pickled
+    fast: dict[float, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "fast"}
+
+    def predict_quantile(
+        self, q: float, X: npt.NDArray[np.float32], num_threads: int
+    ) -> FloatArray:
+        fast = self.__dict__.get("fast")  # absent in bundles pickled before it existed
+        if fast and q in fast:
+            return fast[q].predict(X)
+        return np.asarray(self.boosters[q].predict(X, num_threads=num_threads))
 
 
 @dataclass
@@ -76,7 +89,7 @@ class EtaBundle:
     def raw_from_features(self, X: npt.NDArray[np.float32], mode: Mode) -> EtaPrediction:
         """``raw`` on an already computed feature matrix (training reuses its matrices)."""
         model = self.modes[mode]
-        preds = [model.boosters[q].predict(X, num_threads=self.num_threads) for q in QUANTILES]
+        preds = [model.predict_quantile(q, X, self.num_threads) for q in QUANTILES]
         stacked = np.sort(np.column_stack(preds), axis=1)
         if model.target == "log1p":
             stacked = np.expm1(stacked)

@@ -8,8 +8,8 @@ because the service must never import training code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -50,11 +50,20 @@ class LegBundle:
     feature_set: str = FEATURE_SET
     training_window: tuple[str, str] = ("", "")
     num_threads: int = 1
+    # a compiled copy of the booster (doorstep.fast_trees), attached by serving; never pickled
+    fast: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "fast"}
 
     def predict_features(self, features: PairFeatures) -> FloatArray:
         """Minutes for a featurised batch: never negative, exactly 0 between identical points
         (a solver's diagonal must be 0, and a pair at the same point has nothing to travel)."""
-        raw = self.booster.predict(features.X, num_threads=self.num_threads)
+        fast = self.__dict__.get("fast")  # absent in bundles pickled before it existed
+        if fast is not None:
+            raw = fast.predict(features.X)
+        else:
+            raw = self.booster.predict(features.X, num_threads=self.num_threads)
         raw = raw + self.offset(features.X)
         minutes = np.maximum(from_target(raw, self.target), 0.0)
         minutes[features.same_point] = 0.0

@@ -324,7 +324,7 @@ def _switches_along(
     """
     order, g, first = _sorted_along(group, seq)
     a = aoi[order].astype(str)
-    prev = np.where(first, q_last_aoi[g].astype(str), np.r_[[""], a[:-1]])
+    prev = np.where(first, q_last_aoi[g].astype(str), np.concatenate(([""], a[:-1])))
     out = _unsort(order, _running_sum((a != prev).astype(np.float64), first))
     return np.where(aoi == "", np.nan, out)
 
@@ -344,7 +344,7 @@ def _sorted_along(
     """The order that sorts targets by (query, seq), the sorted queries, and segment starts."""
     order = np.lexsort((seq, group))
     g = group[order]
-    return order, g, np.r_[True, g[1:] != g[:-1]]
+    return order, g, np.concatenate(([True], g[1:] != g[:-1]))
 
 
 def _running_sum(steps: FloatArray, first: npt.NDArray[np.bool_]) -> FloatArray:
@@ -358,7 +358,7 @@ def _running_sum(steps: FloatArray, first: npt.NDArray[np.bool_]) -> FloatArray:
     if len(starts) <= 1:
         return np.cumsum(steps)
     # one row per segment, zero-padded: a row's accumulate is that segment's own cumsum
-    lengths = np.diff(np.r_[starts, len(steps)])
+    lengths = np.diff(np.append(starts, len(steps)))
     col = np.arange(len(steps)) - np.repeat(starts, lengths)
     row = np.repeat(np.arange(len(starts)), lengths)
     padded = np.zeros((len(starts), int(lengths.max())))
@@ -379,7 +379,11 @@ def _clock_of(epoch_min: FloatArray, like: pd.Series) -> FloatArray:
 
 
 def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
-    codes = vocab.get_indexer(values.astype(str)).astype(np.float64)
+    if len(values) <= 4096:  # a service request: a dict beats building a pandas index
+        code_of = {str(v): float(i) for i, v in enumerate(vocab)}
+        codes = np.fromiter((code_of.get(str(v), -1.0) for v in values), np.float64, len(values))
+    else:
+        codes = vocab.get_indexer(values.astype(str)).astype(np.float64)
     codes[codes < 0] = np.nan  # unseen category: LightGBM treats it as missing
     return codes
 
@@ -404,8 +408,8 @@ def _path_along(
     """Km from the query position through the targets in ``seq`` order up to each target."""
     order, g, first = _sorted_along(group, seq)
     la, lo = lat[order], lng[order]
-    prev_lat = np.where(first, q_lat[g], np.r_[np.nan, la[:-1]])
-    prev_lng = np.where(first, q_lng[g], np.r_[np.nan, lo[:-1]])
+    prev_lat = np.where(first, q_lat[g], np.concatenate(([np.nan], la[:-1])))
+    prev_lng = np.where(first, q_lng[g], np.concatenate(([np.nan], lo[:-1])))
     leg = np.nan_to_num(haversine_km(prev_lat, prev_lng, la, lo))
     return _unsort(order, _running_sum(leg, first))
 

@@ -208,8 +208,8 @@ def segment_rank(group: IntArray, value: FloatArray) -> IntArray:
     """0-based rank of ``value`` within each group (groups contiguous or not; ties by order)."""
     order = np.lexsort((np.arange(len(group)), value, group))
     sorted_group = group[order]
-    starts = np.r_[0, np.flatnonzero(sorted_group[1:] != sorted_group[:-1]) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+    starts = np.concatenate(([0], np.flatnonzero(sorted_group[1:] != sorted_group[:-1]) + 1))
+    group_start = np.repeat(starts, np.diff(np.append(starts, len(group))))
     rank = np.empty(len(group), dtype=np.int64)
     rank[order] = np.arange(len(group)) - group_start
     return rank

@@ -21,6 +21,7 @@ ENV_DEMAND_STORE = "DOORSTEP_DEMAND_STORE"
 ENV_PACKED_DIR = "DOORSTEP_PACKED_MODELS"  # models packed into a Bento at build time
 ENV_LOG_IDENTIFIERS = "DOORSTEP_LOG_IDENTIFIERS"
 ENV_WORKERS = "DOORSTEP_WORKERS"
+ENV_COMPILE_TREES = "DOORSTEP_COMPILE_TREES"
 
 API_KEY_HEADER = "x-api-key"
 
@@ -43,6 +44,9 @@ class ServingConfig:
     log_identifiers: bool = False  # coordinates and courier ids stay out of logs by default
     max_batch_stops: int = 50_000  # over all routes of a batch call
     workers: int = 0  # 0: one per core
+    # compile boosters missing from the tree cache at start-up (slow: seconds per booster);
+    # off by default: ``doorstep models compile eta`` fills the cache once per machine
+    compile_trees: bool = False
 
     def resolved(self) -> ServingConfig:
         """Fill the unset fields from the environment (what ``doorstep serve`` starts with)."""
@@ -58,8 +62,8 @@ class ServingConfig:
             api_key=env.get(ENV_API_KEY, self.api_key) or None,
             packed_dir=env.get(ENV_PACKED_DIR, self.packed_dir),
             workers=int(env.get(ENV_WORKERS, self.workers)),
-            log_identifiers=env.get(ENV_LOG_IDENTIFIERS, str(self.log_identifiers)).lower()
-            in ("1", "true", "yes"),
+            compile_trees=_flag(env.get(ENV_COMPILE_TREES), self.compile_trees),
+            log_identifiers=_flag(env.get(ENV_LOG_IDENTIFIERS), self.log_identifiers),
         )
 
     @property
@@ -69,6 +73,10 @@ class ServingConfig:
     @property
     def demand_uri(self) -> str:
         return self.demand_model_uri or f"models:/{self.demand_model}@{self.demand_alias}"
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def load_serving_config(path: str | Path | None = None) -> ServingConfig:

@@ -22,6 +22,7 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
+from doorstep.fast_trees import AccelerationReport, accelerate
 from serving.asgi import ApiKeyMiddleware, model_info_app, patch_timeout_timer
 from serving.config import load_serving_config
 from serving.demand import DemandEngine, DemandStore, StoreUnavailable
@@ -72,11 +73,20 @@ class Doorstep:
         models = load_models(self.config)
         self.errors = dict(models.errors)
         self.eta_engine: EtaEngine | None = None
+        self.trees = AccelerationReport()
         self.demand_engine: DemandEngine | None = None
         if models.eta is not None and models.eta_info is not None:
             models.eta.num_threads = 1  # one worker per core: threads would only contend
             if models.eta.leg is not None:
                 models.eta.leg.num_threads = 1
+            self.trees = accelerate(models.eta, compile_missing=self.config.compile_trees)
+            if not self.trees.complete:
+                log.warning(
+                    "serving %d booster(s) with LightGBM (no compiled copy for this CPU: run "
+                    "`doorstep models compile eta`): %s",
+                    len(self.trees.missing),
+                    ", ".join(self.trees.missing),
+                )
             self.eta_engine = EtaEngine(models.eta, models.eta_info)
         if models.demand is not None and models.demand_info is not None:
             models.demand.num_threads = 1
@@ -98,6 +108,8 @@ class Doorstep:
         models = {}
         if self.eta_engine is not None:
             models["eta"] = self.eta_engine.info.as_dict()
+            models["eta"]["compiled_boosters"] = self.trees.compiled
+            models["eta"]["lightgbm_boosters"] = self.trees.missing
         if self.demand_engine is not None:
             models["demand"] = self.demand_engine.info.as_dict()
             models["demand"]["store"] = str(self.demand_engine.store.path)

@@ -138,11 +138,14 @@ def map_frame(
 
 def read_csv_text(path: str | Path) -> pd.DataFrame:
     """Every column as text, empty cells null; gzip is recognised by content, not only name
-    (other compressions by the file name's suffix)."""
+    (other compressions by the file name's suffix). ``NaT`` (what pandas 2 writes for a missing
+    timestamp turned to text) is null too, beside pandas' default null markers."""
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == GZIP_MAGIC
     compression: Literal["gzip", "infer"] = "gzip" if gzipped else "infer"
-    return pd.read_csv(path, dtype=str, keep_default_na=True, compression=compression)
+    return pd.read_csv(
+        path, dtype=str, keep_default_na=True, na_values=["NaT"], compression=compression
+    )
 
 
 def _missing(source: pd.DataFrame, mapping: ColumnMapping) -> list[str]:
