@@ -718,6 +718,40 @@ def _serve(config: Path | None, host: str, port: int, workers: int | None) -> No
 
 
 @app.command()
+def build(
+    config: Annotated[
+        Path | None, typer.Option(help="Serving config YAML (default: $DOORSTEP_SERVING_CONFIG)")
+    ] = None,
+    pack_only: Annotated[
+        bool, typer.Option(help="Only pack the models into packed_models/ (then served first)")
+    ] = False,
+) -> None:
+    """Build a Bento (bentofile.yaml) that carries the champions found now: the models are
+    packed into packed_models/, so the Bento runs without the registry."""
+    from serving.config import load_serving_config
+    from serving.pack import PACKED_DIR, bentoml_build, pack_models
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        packed = pack_models(load_serving_config(config), root / PACKED_DIR)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    for kind, version in packed.versions.items():
+        console.print(f"[cyan]>[/] packed {kind} version {version} -> {packed.directory / kind}")
+    for kind, why in packed.skipped.items():
+        console.print(f"[yellow]![/] {kind} not packed: {why}")
+    if not pack_only:
+        import shutil
+
+        try:
+            console.print(bentoml_build(root))
+        except RuntimeError as exc:
+            raise _fail(str(exc)) from exc
+        finally:  # the Bento has its copy; a checkout must keep serving the registry's models
+            shutil.rmtree(packed.directory, ignore_errors=True)
+
+
+@app.command()
 def serve(
     config: Annotated[
         Path | None, typer.Option(help="Serving config YAML (default: $DOORSTEP_SERVING_CONFIG)")

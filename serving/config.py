@@ -60,7 +60,7 @@ class ServingConfig:
             or self.demand_store
             or str(data_dir() / "demand_hourly.parquet"),
             api_key=env.get(ENV_API_KEY, self.api_key) or None,
-            packed_dir=env.get(ENV_PACKED_DIR, self.packed_dir),
+            packed_dir=env.get(ENV_PACKED_DIR, self.packed_dir) or _bento_packed(),
             workers=int(env.get(ENV_WORKERS, self.workers)),
             compile_trees=_flag(env.get(ENV_COMPILE_TREES), self.compile_trees),
             log_identifiers=_flag(env.get(ENV_LOG_IDENTIFIERS), self.log_identifiers),
@@ -73,6 +73,13 @@ class ServingConfig:
     @property
     def demand_uri(self) -> str:
         return self.demand_model_uri or f"models:/{self.demand_model}@{self.demand_alias}"
+
+
+def _bento_packed() -> str | None:
+    """Inside a Bento built by ``doorstep build`` the packed models sit beside the code (the
+    build removes them from the source tree afterwards, so a checkout never has them)."""
+    packed = Path(__file__).resolve().parent.parent / "packed_models"
+    return str(packed) if packed.is_dir() else None
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -133,7 +133,7 @@ def load_models(config: ServingConfig) -> LoadedModels:
     out = LoadedModels()
     if config.tracking_uri:
         mlflow.set_tracking_uri(config.tracking_uri)
-    client = MlflowClient()
+    client: MlflowClient | None = None  # only touched when a model comes from the registry
     packed = Path(config.packed_dir) if config.packed_dir else None
     for kind, name, uri in (
         ("eta", config.eta_model, config.eta_uri),
@@ -143,6 +143,7 @@ def load_models(config: ServingConfig) -> LoadedModels:
             if packed is not None and (packed / kind).is_dir():
                 bundle, info = _load_packed(packed, kind)
             else:
+                client = client or MlflowClient()
                 bundle, info = _load_one(client, name, uri, kind)
         except (MlflowException, OSError, ValueError, TypeError, ImportError) as exc:
             out.errors[kind] = f"{uri}: {exc}"

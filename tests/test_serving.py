@@ -424,3 +424,24 @@ def test_real_process_answers_the_readme_examples(registry: dict[str, str], tmp_
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_packed_models_load_without_the_registry(registry: dict[str, str], tmp_path: Path) -> None:
+    """``doorstep build`` packs the champions; a Bento then loads them with no registry."""
+    from serving.config import ServingConfig, load_serving_config
+    from serving.loader import load_models
+    from serving.pack import pack_models
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in registry.items():
+            mp.setenv(k, v)
+        packed = pack_models(load_serving_config(), tmp_path / "packed")
+    assert packed.versions == {"eta": "1", "demand": "1"} and packed.skipped == {}
+    offline = ServingConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'absent.db'}", packed_dir=str(packed.directory)
+    )
+    models = load_models(offline)
+    assert models.errors == {}
+    assert models.eta_info is not None and models.eta_info.version == "1"
+    assert models.demand_info is not None and models.demand_info.alias == "champion"
+    assert not (tmp_path / "absent.db").exists()  # the registry was never opened
