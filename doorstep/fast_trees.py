@@ -109,8 +109,8 @@ def compile_boosters(
         with ProcessPoolExecutor(min(workers, len(todo))) as pool:
             list(pool.map(_compile_file, *zip(*todo.values(), strict=True)))
     else:
-        for txt, so in todo.values():
-            _compile_file(txt, so)
+        for txt_path, so_path in todo.values():
+            _compile_file(txt_path, so_path)
     return list(todo)
 
 

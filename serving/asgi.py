@@ -23,12 +23,14 @@ Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
-PROTECTED_PREFIX = "/v1/"
+# the planner's page itself (/ui/) is open; the data behind it is guarded like the API
+PROTECTED_PREFIX = ("/v1/", "/ui/api/")
 
 
 class ApiKeyMiddleware:
-    """Requests to ``/v1/...`` need ``X-API-Key`` (or ``Authorization: Bearer``) equal to the
-    configured key. Health, readiness, metrics and the docs stay open for probes and people."""
+    """Requests to ``/v1/...`` and ``/ui/api/...`` need ``X-API-Key`` (or ``Authorization:
+    Bearer``) equal to the configured key. Health, readiness, metrics, the docs and the page's
+    static files stay open for probes and people."""
 
     def __init__(self, app: Any, key: str | None = None) -> None:
         from serving.config import load_serving_config
@@ -112,7 +114,7 @@ def patch_timeout_timer() -> bool:
                     {"error": f"Not able to process the request in {self.timeout} seconds"},
                     status_code=504,
                 )
-                await resp(scope, receive, send)
+                await resp(scope, receive, send)  # type: ignore[arg-type]
         else:
             await fut
         finally:

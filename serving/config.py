@@ -18,6 +18,7 @@ ENV_API_KEY = "DOORSTEP_API_KEY"
 ENV_ETA_URI = "DOORSTEP_ETA_MODEL_URI"  # pin a model (models:/doorstep-eta/3, runs:/..., a path)
 ENV_DEMAND_URI = "DOORSTEP_DEMAND_MODEL_URI"
 ENV_DEMAND_STORE = "DOORSTEP_DEMAND_STORE"
+ENV_DELIVERIES = "DOORSTEP_DELIVERIES"  # the planner's page lists routes from it
 ENV_PACKED_DIR = "DOORSTEP_PACKED_MODELS"  # models packed into a Bento at build time
 ENV_LOG_IDENTIFIERS = "DOORSTEP_LOG_IDENTIFIERS"
 ENV_WORKERS = "DOORSTEP_WORKERS"
@@ -38,6 +39,9 @@ class ServingConfig:
     # the hourly demand table (zone_id, ts, volume) the lags are read from; re-read whenever
     # the file changes, so a pipeline appending today's volume needs no restart
     demand_store: str | None = None  # None: $DOORSTEP_DATA_DIR/demand_hourly.parquet
+    # the deliveries table the planner's page (/ui) lists routes and maps zones to depots from;
+    # optional: without it the page still shows the demand map and answers pasted routes
+    deliveries: str | None = None  # None: $DOORSTEP_DATA_DIR/ingested/deliveries.parquet
     require_demand: bool = False  # refuse to start (not ready) without a demand model
     api_key: str | None = None  # None: no key required; set $DOORSTEP_API_KEY in production
     packed_dir: str | None = None  # a Bento's packed models, preferred over the registry
@@ -59,6 +63,9 @@ class ServingConfig:
             demand_store=env.get(ENV_DEMAND_STORE)
             or self.demand_store
             or str(data_dir() / "demand_hourly.parquet"),
+            deliveries=env.get(ENV_DELIVERIES)
+            or self.deliveries
+            or str(data_dir() / "ingested" / "deliveries.parquet"),
             api_key=env.get(ENV_API_KEY, self.api_key) or None,
             packed_dir=env.get(ENV_PACKED_DIR, self.packed_dir) or _bento_packed(),
             workers=int(env.get(ENV_WORKERS, self.workers)),

@@ -60,8 +60,8 @@ class DemandStore:
         raw = read_demand_file(self.path)
         hourly = validate_demand(raw, "h", where=str(self.path)).table
         day = hourly[s.TS].dt.floor("D")
-        daily = (
-            hourly.assign(**{s.TS: day}).groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()
+        daily: pd.DataFrame = (
+            hourly.assign(**{s.TS: day}).groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()  # type: ignore[assignment]  # as_index=False: a frame, not a Series
         )
         last = hourly[s.TS].max() if len(hourly) else None
         zones = frozenset(hourly[s.ZONE_ID].astype(str).unique())

@@ -39,15 +39,10 @@ def _stop(row: Any) -> dict[str, Any]:
     return out
 
 
-def eta_examples(deliveries: pd.DataFrame, n_stops: int = ROUTE_STOPS) -> dict[str, Any]:
-    """An ordered request at dispatch for the last day's longest route (its first ``n_stops``
-    stops in planned order), the same stops as an unordered set, and a matrix request."""
-    last_day = deliveries[s.DISPATCH_TIME].max().normalize()
-    day = deliveries[deliveries[s.DISPATCH_TIME] >= last_day]
-    sizes = day.groupby(s.ROUTE_ID).size()
-    if sizes.max() < n_stops:
-        raise ValueError(f"deliveries: no route of the last day has {n_stops} stops")
-    route = day[day[s.ROUTE_ID] == sizes.idxmax()].sort_values(s.PLANNED_SEQ)
+def route_request(route: pd.DataFrame, n_stops: int | None = None) -> dict[str, Any]:
+    """An ordered ``/v1/eta`` request at dispatch for one route of a deliveries table: the
+    courier at the depot, the stops (the first ``n_stops``, all by default) in planned order."""
+    route = route.sort_values(s.PLANNED_SEQ)
     first = route.iloc[0]
     courier = {
         "time": _iso(first[s.DISPATCH_TIME]),
@@ -61,8 +56,22 @@ def eta_examples(deliveries: pd.DataFrame, n_stops: int = ROUTE_STOPS) -> dict[s
         "depot_lat": round(float(first[s.DEPOT_LAT]), 6),
         "depot_lng": round(float(first[s.DEPOT_LNG]), 6),
     }
-    stops = [_stop(r) for _, r in route.head(n_stops).iterrows()]
-    ordered = {"mode": "ordered", "courier": courier, "stops": stops}
+    rows = route if n_stops is None else route.head(n_stops)
+    return {"mode": "ordered", "courier": courier, "stops": [_stop(r) for _, r in rows.iterrows()]}
+
+
+def eta_examples(deliveries: pd.DataFrame, n_stops: int = ROUTE_STOPS) -> dict[str, Any]:
+    """An ordered request at dispatch for the last day's longest route (its first ``n_stops``
+    stops in planned order), the same stops as an unordered set, and a matrix request."""
+    last_day = deliveries[s.DISPATCH_TIME].max().normalize()
+    day = deliveries[deliveries[s.DISPATCH_TIME] >= last_day]
+    sizes = day.groupby(s.ROUTE_ID).size()
+    if sizes.max() < n_stops:
+        raise ValueError(f"deliveries: no route of the last day has {n_stops} stops")
+    route = day[day[s.ROUTE_ID] == sizes.idxmax()]
+    ordered = route_request(route, n_stops)
+    courier = ordered["courier"]
+    stops = ordered["stops"]
     unordered = {
         "mode": "unordered",
         "courier": courier,

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from serving.config import (
+    ENV_DELIVERIES,
     ENV_DEMAND_STORE,
     ENV_DEMAND_URI,
     ENV_ETA_URI,
@@ -87,6 +88,8 @@ def exec_serve(config: ServingConfig, host: str, port: int, workers: int | None)
         env["MLFLOW_TRACKING_URI"] = absolute_sqlite(config.tracking_uri)
     if config.demand_store:
         env[ENV_DEMAND_STORE] = str(Path(config.demand_store).resolve())
+    if config.deliveries:
+        env[ENV_DELIVERIES] = str(Path(config.deliveries).resolve())
     if workers:
         env[ENV_WORKERS] = str(workers)
     argv = serve_argv(host, port, workers)

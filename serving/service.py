@@ -38,6 +38,7 @@ from serving.schemas import (
     MatrixRequest,
     MatrixResponse,
 )
+from serving.ui import ui_app
 
 log = logging.getLogger("doorstep.serving")
 # read at import for the decorator's worker count only; each instance re-reads its config
@@ -65,6 +66,7 @@ def _error(status: int, message: str) -> JSONResponse:
     metrics={"enabled": True},
 )
 @bentoml.asgi_app(model_info_app(_model_info), path="/v1")
+@bentoml.asgi_app(ui_app(lambda: _STATE.get("service")), path="/ui")
 class Doorstep:
     """Per-stop ETAs with calibrated windows, travel-time matrices, and zone demand."""
 
@@ -93,6 +95,10 @@ class Doorstep:
             tz = self.eta_engine.tz if self.eta_engine is not None else "Asia/Shanghai"
             store = DemandStore(str(self.config.demand_store))
             self.demand_engine = DemandEngine(models.demand, models.demand_info, store, tz)
+            try:  # read the store now, not on a planner's first request
+                store.snapshot()
+            except StoreUnavailable as exc:
+                log.warning("%s (the /v1/demand endpoint answers 503 until it is readable)", exc)
         _STATE["service"] = self
         # the models are loaded for good: keep the collector off their millions of objects
         gc.collect()
@@ -166,4 +172,4 @@ class Doorstep:
 
 
 # the key is read when each worker builds its app (None: no key, every request passes)
-Doorstep.add_asgi_middleware(ApiKeyMiddleware)
+Doorstep.add_asgi_middleware(ApiKeyMiddleware)  # type: ignore[attr-defined]
