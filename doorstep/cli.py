@@ -391,18 +391,29 @@ def train_eta_cmd(
     days: Annotated[int, typer.Option(help="Simulated days (no --data)")] = 60,
     couriers: Annotated[int, typer.Option(help="Simulated couriers (no --data)")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
+    engine: Annotated[
+        str, typer.Option(help="pandas (this process) | dask (features and boosters on Dask)")
+    ] = "pandas",
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask cluster workers")] = 2,
 ) -> None:
     """Train the ETA model, log it to MLflow, register doorstep-eta, promote if it wins."""
     from doorstep.config import load_yaml
+    from training.engine import EngineConfig
     from training.eta import EtaConfig
     from training.pipeline_eta import train_and_register_eta
 
     try:
+        if engine not in ("pandas", "dask"):
+            raise ValueError(f"--engine: must be pandas or dask, got {engine!r}")
+        eng = EngineConfig(engine=engine, scheduler=scheduler, n_workers=workers)  # type: ignore[arg-type]
         cfg = load_yaml(EtaConfig, config if config and config.exists() else None)
         deliveries, source = _load_training_data(data, format, days, couriers, seed)
-        with console.status("training ETA and leg models, evaluating, logging"):
+        with console.status(f"training ETA and leg models ({engine}), evaluating, logging"):
             outcome = train_and_register_eta(
-                deliveries, cfg, data_source=source, holdout_days=holdout_days
+                deliveries, cfg, data_source=source, holdout_days=holdout_days, engine=eng
             )
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc

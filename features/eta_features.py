@@ -8,7 +8,8 @@ columns are ``feature_names(mode)``. Training and serving call the same ``transf
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,18 @@ def feature_names(mode: Mode) -> list[str]:
     raise ValueError(f"mode: must be 'ordered' or 'unordered', got {mode!r}")
 
 
+@dataclass(frozen=True)
+class FitPart:
+    """What one partition of the training deliveries contributes to ``EtaFeaturizer.fit``."""
+
+    daily: dict[str, pd.DataFrame]  # profile attribute -> per (key, day) sums
+    stop_types: frozenset[str]
+    vehicles: frozenset[str]
+    tz: str
+    first: Any  # earliest arrival (pd.Timestamp), None for an empty partition
+    last: Any
+
+
 class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
     """Fits the profiles of ``eta_v1`` on a training window; transforms query batches."""
 
@@ -68,22 +81,55 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         self.h3_resolution = h3_resolution
 
     def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
-        routes, stops, legs = _profile_events(deliveries)
-        self.courier_ = PointInTimeProfile(
-            ("path_km", "active_min", "legs", "switches", "end_clock"), self.prior
-        ).fit(routes)
+        return self.fit_parts([self.partial(deliveries)])
+
+    def _profiles(self) -> dict[str, PointInTimeProfile]:
         habit_stats = ("clock_min", "rank_frac", "gap_next", "n_gap")
-        self.courier_aoi_ = PointInTimeProfile(habit_stats, self.prior).fit(
-            stops.assign(key=stops["ca"])
-        )
-        self.aoi_ = PointInTimeProfile(habit_stats, self.prior).fit(stops.assign(key=stops["aoi"]))
-        leg_stats = ("leg_km", "leg_min", "service_min", "n_service")
-        self.zone_how_ = PointInTimeProfile(leg_stats, self.prior).fit(legs)
-        self.stop_types_ = pd.Index(sorted(deliveries[s.STOP_TYPE].dropna().astype(str).unique()))
-        self.vehicles_ = pd.Index(sorted(deliveries[s.VEHICLE_TYPE].dropna().astype(str).unique()))
+        return {
+            "courier_": PointInTimeProfile(
+                ("path_km", "active_min", "legs", "switches", "end_clock"), self.prior
+            ),
+            "courier_aoi_": PointInTimeProfile(habit_stats, self.prior),
+            "aoi_": PointInTimeProfile(habit_stats, self.prior),
+            "zone_how_": PointInTimeProfile(
+                ("leg_km", "leg_min", "service_min", "n_service"), self.prior
+            ),
+        }
+
+    def partial(self, deliveries: pd.DataFrame) -> FitPart:
+        """The map step of ``fit`` on whole routes (a partition of a distributed table holds
+        whole routes): per (key, day) sums for every profile, vocabularies and the window.
+        ``fit_parts`` combines any number of them, so one code path fits on one machine or
+        on a cluster."""
+        routes, stops, legs = _profile_events(deliveries)
+        events = {
+            "courier_": routes,
+            "courier_aoi_": stops.assign(key=stops["ca"]),
+            "aoi_": stops.assign(key=stops["aoi"]),
+            "zone_how_": legs,
+        }
         arrival = deliveries[s.ARRIVAL_TIME]
-        self.tz_ = str(arrival.dt.tz)
-        self.window_ = (str(arrival.min()), str(arrival.max()))
+        return FitPart(
+            daily={name: p.daily_sums(events[name]) for name, p in self._profiles().items()},
+            stop_types=frozenset(deliveries[s.STOP_TYPE].dropna().astype(str).unique()),
+            vehicles=frozenset(deliveries[s.VEHICLE_TYPE].dropna().astype(str).unique()),
+            tz=str(arrival.dt.tz),
+            first=arrival.min() if len(arrival) else None,
+            last=arrival.max() if len(arrival) else None,
+        )
+
+    def fit_parts(self, parts: list[FitPart]) -> EtaFeaturizer:
+        """The reduce step: add up the partial sums and fit every profile on them."""
+        parts = [p for p in parts if p.first is not None]
+        if not parts:
+            raise ValueError("deliveries: nothing to fit the ETA features on")
+        for name, profile in self._profiles().items():
+            daily = pd.concat([p.daily[name] for p in parts], ignore_index=True)
+            setattr(self, name, profile.fit_daily(daily))
+        self.stop_types_ = pd.Index(sorted(set().union(*(p.stop_types for p in parts))))
+        self.vehicles_ = pd.Index(sorted(set().union(*(p.vehicles for p in parts))))
+        self.tz_ = parts[0].tz
+        self.window_ = (str(min(p.first for p in parts)), str(max(p.last for p in parts)))
         self.feature_set_ = FEATURE_SET
         return self
 

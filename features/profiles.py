@@ -62,14 +62,26 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
         self.prior = prior
 
     def fit(self, events: pd.DataFrame, y: object = None) -> PointInTimeProfile:
+        return self.fit_daily(self.daily_sums(events))
+
+    def daily_sums(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Per (key, day) sums of the events: the map step. Sums of partial sums are sums, so
+        each partition of a distributed table reduces its own events and ``fit_daily`` adds
+        the partials up (the group-by's combine step)."""
         stats = list(self.stats)
         missing = [c for c in (KEY, DAY, *stats) if c not in events.columns]
         if missing:
             raise ValueError(f"profile events lack column(s): {', '.join(missing)}")
         frame = events[[KEY, DAY, *stats]].copy()
+        frame[KEY] = frame[KEY].astype(str)
         frame[COUNT] = events[COUNT] if COUNT in events.columns else 1.0
         frame[stats] = frame[stats].fillna(0.0)
-        daily = frame.groupby([KEY, DAY], sort=True)[[COUNT, *stats]].sum()
+        return frame.groupby([KEY, DAY], sort=False)[[COUNT, *stats]].sum().reset_index()
+
+    def fit_daily(self, partials: pd.DataFrame) -> PointInTimeProfile:
+        """Fit from ``daily_sums`` outputs (one, or several concatenated)."""
+        stats = list(self.stats)
+        daily = partials.groupby([KEY, DAY], sort=True)[[COUNT, *stats]].sum()
         keys = daily.index.get_level_values(KEY).astype(str)
         self.keys_ = pd.Index(pd.unique(np.asarray(keys)))
         self.__dict__.pop("_code_of", None)  # the lookup cache of an earlier fit
@@ -83,7 +95,7 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
         cum = pd.DataFrame(values).groupby(codes, sort=False).cumsum().to_numpy()
         self.composite_ = codes * _DAY_SPAN + days
         self.cum_ = cum
-        pooled = frame.groupby(DAY, sort=True)[[COUNT, *stats]].sum()
+        pooled = daily.groupby(level=DAY, sort=True).sum()
         self.pooled_days_ = pooled.index.to_numpy(dtype=np.int64)
         self.pooled_cum_ = np.cumsum(pooled.to_numpy(dtype=np.float64), axis=0)
         self.fitted_days_ = (int(self.pooled_days_.min()), int(self.pooled_days_.max()))

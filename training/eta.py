@@ -89,7 +89,12 @@ def day_of(date: str | pd.Timestamp) -> int:
 
 
 def make_split(deliveries: pd.DataFrame, test_from: int, config: EtaConfig) -> Split:
-    days = np.unique(local_day(deliveries[s.DISPATCH_TIME]))
+    return split_days(np.unique(local_day(deliveries[s.DISPATCH_TIME])), test_from, config)
+
+
+def split_days(days: npt.NDArray[np.int64], test_from: int, config: EtaConfig) -> Split:
+    """The fit / validation / calibration windows before ``test_from`` from the route days."""
+    days = np.unique(np.asarray(days, dtype=np.int64))
     days = days[days < test_from]
     if len(days) < config.calib_days + config.valid_days + 7:
         raise ValueError(

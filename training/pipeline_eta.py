@@ -23,6 +23,7 @@ from features.eta_queries import QueryBatch, queries_from_deliveries
 from features.eta_request import requests_from_deliveries
 from features.profiles import local_day
 from training.baselines import fit_baselines
+from training.engine import EngineConfig
 from training.eta import EtaConfig, day_of, train_eta
 from training.evaluate import evaluate
 from training.leg import LegConfig, train_leg
@@ -67,14 +68,28 @@ def train_and_register_eta(
     registered_name: str | None = REGISTERED_NAME,
     gate: GateRule | None = None,
     leg_config: LegConfig | None = None,
+    engine: EngineConfig | None = None,
 ) -> TrainEtaOutcome:
-    """Train the ETA bundle (and leg model), score it, log it, register it, apply the gate."""
+    """Train the ETA bundle (and leg model), score it, log it, register it, apply the gate.
+
+    ``engine``: with ``engine="dask"`` the ETA features and boosters are computed on a Dask
+    cluster (``training.dask_eta``); the same bundle comes back and everything after is equal.
+    """
     config = config or EtaConfig()
+    engine = engine or EngineConfig()
     holdout_from = holdout_start(deliveries, holdout_days)
     batch = queries_from_deliveries(deliveries)
     t_from = day_of(holdout_from)
     before = batch.q_route_day < t_from
-    result = train_eta(deliveries, holdout_from, config, batch=batch.take_queries(before))
+    if engine.engine == "dask":
+        from training.dask_eta import by_route_day, train_eta_dask
+        from training.engine import dask_client
+
+        with dask_client(engine) as client:
+            ddf = by_route_day(deliveries, max(2 * engine.n_workers, engine.partitions))
+            result = train_eta_dask(ddf, holdout_from, config, client)
+    else:
+        result = train_eta(deliveries, holdout_from, config, batch=batch.take_queries(before))
     leg = train_leg(deliveries, holdout_from, leg_config)
     result.bundle.leg = leg.bundle
     history = deliveries[local_day(deliveries[s.DISPATCH_TIME]) < t_from]

@@ -1,0 +1,234 @@
+"""ETA training on Dask: the same features and the same bundle, computed on a cluster.
+
+Nothing here re-implements a feature. The deliveries are a Dask DataFrame whose partitions
+hold whole routes (partitioned by date: a route is one courier-day). Each partition runs the
+ordinary per-route code (``EtaFeaturizer.partial``, ``queries_from_deliveries``,
+``EtaFeaturizer.transform``); the fitted aggregates are the partitions' per-(key, day) sums
+added up (``EtaFeaturizer.fit_parts``), a distributed group-by's map and combine steps. The
+boosters are LightGBM's own Dask estimators, trained data-parallel on the workers' partitions;
+the result is the same ``EtaBundle`` the pandas path builds, so logging, the registry and the
+service do not know which engine trained it.
+
+Differences from ``training.eta.train_eta``, on purpose: no subsampling of training queries (a
+cluster is for using all of them), and early stopping is read off the validation curve of a
+full-length fit (LightGBM's Dask estimators record it but do not stop early).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from doorstep.eta_bundle import QUANTILES, EtaBundle, ModeModel, shape
+from features import schema as s
+from features.eta_features import CATEGORICAL, EtaFeaturizer, Mode, feature_names
+from features.eta_queries import queries_from_deliveries
+from features.profiles import local_day
+from training.eta import (
+    EtaConfig,
+    EtaTrainResult,
+    _lgb_params,
+    _target,
+    conformal_offsets,
+    day_of,
+    split_days,
+)
+
+LABEL, DAY = "_label", "_route_day"
+MIN_ROUNDS = 10
+
+
+def by_route_day(deliveries: pd.DataFrame, npartitions: int) -> dd.DataFrame:
+    """A Dask DataFrame of in-memory deliveries with whole route days per partition (the
+    index is the route's local day, so a day never straddles two partitions)."""
+    day = pd.Index(local_day(deliveries[s.DISPATCH_TIME]), name=DAY)
+    frame = deliveries.set_index(day).sort_index(kind="stable")
+    return dd.from_pandas(frame, npartitions=npartitions, sort=True)
+
+
+def read_deliveries_dask(path: str) -> dd.DataFrame:
+    """Partitioned Parquet (one folder or file per date, as ``doorstep simulate --partitioned``
+    writes): each file holds whole days, so each partition holds whole routes."""
+    return dd.read_parquet(path)
+
+
+def _route_days(part: pd.DataFrame) -> npt.NDArray[np.int64]:
+    return np.unique(local_day(part[s.DISPATCH_TIME])) if len(part) else np.empty(0, np.int64)
+
+
+def _before(part: pd.DataFrame, day: int) -> pd.DataFrame:
+    return part[local_day(part[s.DISPATCH_TIME]) < day]
+
+
+def _partial(part: pd.DataFrame, t_from: int) -> Any:
+    history = _before(part.reset_index(drop=True), t_from)
+    return EtaFeaturizer().partial(history) if len(history) else None
+
+
+def fit_featurizer(ddf: dd.DataFrame, t_from: int) -> EtaFeaturizer:
+    """``EtaFeaturizer.fit`` on the days before ``t_from``: map on partitions, combine here."""
+    parts = dask.compute(*[dask.delayed(_partial)(p, t_from) for p in ddf.to_delayed()])
+    return EtaFeaturizer().fit_parts([p for p in parts if p is not None])
+
+
+def _window_frame(
+    part: pd.DataFrame, featurizer: EtaFeaturizer, mode: Mode, lo: int, hi: int, target: str
+) -> pd.DataFrame:
+    """Feature rows (+ label and route day) of the queries of routes dispatched in [lo, hi)."""
+    names = feature_names(mode)
+    part = part.reset_index(drop=True)
+    day = local_day(part[s.DISPATCH_TIME]) if len(part) else np.empty(0, np.int64)
+    part = part[(day >= lo) & (day < hi)]
+    if len(part) == 0:
+        return pd.DataFrame({**{n: np.empty(0, np.float32) for n in names},
+                             LABEL: np.empty(0), DAY: np.empty(0, np.int64)})  # fmt: skip
+    batch = queries_from_deliveries(part)
+    out = pd.DataFrame(featurizer.transform(batch, mode), columns=names)
+    out[LABEL] = _target(batch.t_label_min, target)
+    out[DAY] = batch.q_route_day[batch.t_query]
+    return out
+
+
+def window_features(
+    ddf: dd.DataFrame, featurizer: EtaFeaturizer, mode: Mode, lo: int, hi: int, target: str
+) -> dd.DataFrame:
+    names = feature_names(mode)
+    meta = pd.DataFrame({**{n: np.empty(0, np.float32) for n in names},
+                         LABEL: np.empty(0), DAY: np.empty(0, np.int64)})  # fmt: skip
+    parts = [
+        dask.delayed(_window_frame)(p, featurizer, mode, lo, hi, target) for p in ddf.to_delayed()
+    ]
+    return dd.from_delayed(parts, meta=meta, verify_meta=False)
+
+
+def _nonempty(frame: dd.DataFrame, client: Any) -> dd.DataFrame:
+    """Persisted, without empty partitions: LightGBM's Dask training refuses a worker whose
+    share of the data is empty, and date windows leave most partitions empty."""
+    frame = client.persist(frame)
+    sizes = frame.map_partitions(len).compute()
+    parts = [p for p, n in zip(frame.to_delayed(), sizes, strict=True) if n > 0]
+    if not parts:
+        raise ValueError("the training window has no rows")
+    return dd.from_delayed(parts, meta=frame._meta, verify_meta=False)
+
+
+def _fit_quantile(
+    X: dd.DataFrame,
+    y: dd.Series,
+    alpha: float,
+    config: EtaConfig,
+    rounds: int,
+    cats: list[str],
+    client: Any,
+    eval_set: list[tuple[dd.DataFrame, dd.Series]] | None = None,
+) -> lgb.DaskLGBMRegressor:
+    params = _lgb_params(config.booster, alpha, config.seed, config.num_threads)
+    params.pop("num_threads")
+    params.pop("verbosity")
+    model = lgb.DaskLGBMRegressor(
+        client=client,
+        n_estimators=rounds,
+        n_jobs=config.num_threads,
+        verbose=-1,
+        **params,
+    )
+    return model.fit(X, y, eval_set=eval_set, eval_metric="quantile", categorical_feature=cats)
+
+
+def _truncated(model: lgb.DaskLGBMRegressor, rounds: int) -> lgb.Booster:
+    """The first ``rounds`` trees as a plain Booster (what early stopping would have kept)."""
+    return lgb.Booster(model_str=model.booster_.model_to_string(num_iteration=rounds))
+
+
+def train_eta_dask(
+    ddf: dd.DataFrame, test_from: str | pd.Timestamp, config: EtaConfig, client: Any
+) -> EtaTrainResult:
+    """``train_eta`` on a cluster: profiles, boosters and calibration from the days before
+    ``test_from``; returns the same ``EtaTrainResult``."""
+    start = time.perf_counter()
+    t_from = day_of(test_from)
+    days = np.concatenate(dask.compute(*[dask.delayed(_route_days)(p) for p in ddf.to_delayed()]))
+    split = split_days(days, t_from, config)
+    ddf = ddf.persist()
+    featurizer = fit_featurizer(ddf, t_from)
+    modes: dict[str, ModeModel] = {}
+    best: dict[str, int] = {}
+    calibration: dict[str, list[float]] = {}
+    rows: dict[str, int] = {}
+    for mode in config.modes:
+        m: Mode = mode  # type: ignore[assignment]
+        names = feature_names(m)
+        cats = [n for n in CATEGORICAL if n in names]
+        fit = window_features(ddf, featurizer, m, -(2**31), split.valid_from, config.target)
+        valid = window_features(ddf, featurizer, m, split.valid_from, split.fit_end, config.target)
+        fit, valid = _nonempty(fit, client), _nonempty(valid, client)
+        median = _fit_quantile(
+            fit[names], fit[LABEL], 0.5, config, config.booster.n_estimators, cats, client,
+            eval_set=[(valid[names], valid[LABEL])],
+        )  # fmt: skip
+        curve = next(iter(median.evals_result_.values()))["quantile"]
+        best[mode] = max(int(np.argmin(curve)) + 1, MIN_ROUNDS)
+        if config.refit_full:
+            both = dd.concat([fit, valid])
+            boosters = {
+                q: _fit_quantile(
+                    both[names], both[LABEL], q, config, best[mode], cats, client
+                ).booster_
+                for q in QUANTILES
+            }
+        else:
+            boosters = {0.5: _truncated(median, best[mode])} | {
+                q: _fit_quantile(
+                    fit[names], fit[LABEL], q, config, best[mode], cats, client
+                ).booster_
+                for q in QUANTILES
+                if q != 0.5
+            }
+        model = ModeModel(boosters=boosters, target=config.target)
+        # the calibration window is days, not the history: it is brought here and scored
+        cal = _calibration_rows(ddf, featurizer, m, split.fit_end, t_from)
+        bundle = EtaBundle(featurizer, {mode: model}, num_threads=config.num_threads)
+        X_cal = cal[0]
+        raw = shape(bundle.raw_from_features(X_cal, m), cal[1], m)
+        model.conformal = conformal_offsets(
+            raw.p10, raw.p50, raw.p90, cal[1].t_label_min, config.coverage
+        )
+        calibration[mode] = model.conformal
+        modes[mode] = model
+        rows[f"{mode}.fit"] = int(fit.shape[0].compute())
+        rows[f"{mode}.valid"] = int(valid.shape[0].compute())
+        rows[f"{mode}.calibration"] = cal[1].n_targets
+    window = featurizer.window_
+    out = EtaBundle(featurizer, modes, training_window=window, num_threads=1)
+    return EtaTrainResult(
+        bundle=out,
+        split=split,
+        best_iterations=best,
+        fit_seconds=time.perf_counter() - start,
+        n_train_rows=rows,
+        calibration=calibration,
+    )
+
+
+def _calibration_rows(
+    ddf: dd.DataFrame, featurizer: EtaFeaturizer, mode: Mode, lo: int, hi: int
+) -> tuple[npt.NDArray[np.float32], Any]:
+    """Features and the query batch of the calibration days, gathered on the client (the
+    shape rule needs each route's sequence, which the batch carries)."""
+
+    def part_rows(part: pd.DataFrame) -> pd.DataFrame:
+        part = part.reset_index(drop=True)
+        day = local_day(part[s.DISPATCH_TIME]) if len(part) else np.empty(0, np.int64)
+        return part[(day >= lo) & (day < hi)]
+
+    days = dask.compute(*[dask.delayed(part_rows)(p) for p in ddf.to_delayed()])
+    deliveries = pd.concat([d for d in days if len(d)], ignore_index=True)
+    batch = queries_from_deliveries(deliveries)
+    return featurizer.transform(batch, mode), batch
