@@ -129,3 +129,23 @@ def test_train_eta_command_on_the_dask_engine(mlflow_uri: str, tmp_path: Any) ->
     assert "doorstep-eta v1" in result.output
     bad = CliRunner().invoke(app, ["train", "eta", "--engine", "spark"])
     assert bad.exit_code == 2 and "--engine" in bad.output
+
+
+def test_partitioned_parquet_from_the_simulator_feeds_the_dask_path(
+    tmp_path: Any, client: Any
+) -> None:
+    """``doorstep simulate --partitioned`` writes one folder per date; read back, each partition
+    holds whole routes and the distributed fit runs on it."""
+    import dataclasses as dc
+
+    from citysim import CityConfig, simulate_to_parquet
+    from training.dask_eta import read_deliveries_dask
+
+    cfg = dc.replace(CityConfig(), days=4, couriers=3, seed=2)
+    simulate_to_parquet(cfg, tmp_path, partition_by_date=True)
+    ddf = read_deliveries_dask(str(tmp_path / "deliveries"))
+    assert ddf.npartitions == 4
+    routes = [set(p.compute()[s.ROUTE_ID]) for p in ddf.to_delayed()]
+    assert sum(len(r) for r in routes) == len(set().union(*routes))  # no route in two partitions
+    featurizer = fit_featurizer(ddf, day_of("2021-05-01"))
+    assert len(featurizer.known_couriers()) == 3
