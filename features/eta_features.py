@@ -145,7 +145,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
 
     def transform(self, batch: QueryBatch, mode: Mode) -> npt.NDArray[np.float32]:
         """The feature matrix (targets x ``feature_names(mode)``) of a query batch."""
-        check_is_fitted(self, "courier_")
+        if "courier_" not in self.__dict__:  # raises NotFittedError; cheaper on the hot path
+            check_is_fitted(self, "courier_")
         cols = self._common(batch)
         if mode == "ordered":
             cols.update(self._ordered(batch, cols))

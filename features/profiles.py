@@ -103,7 +103,8 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
 
     def lookup(self, keys: npt.ArrayLike, days: npt.ArrayLike) -> ProfileLookup:
         """Statistics as of the start of each row's day (events on that day are excluded)."""
-        check_is_fitted(self, "cum_")
+        if "cum_" not in self.__dict__:  # sklearn's check_is_fitted costs more than a lookup
+            check_is_fitted(self, "cum_")
         keys = np.asarray(keys, dtype=object).astype(str)
         days = np.asarray(days, dtype=np.int64)
         codes = self._codes(keys)

@@ -80,11 +80,15 @@ class EtaEngine:
         sl = slice(start, start + n)
         p10, p50, p90 = pred.p10[sl].tolist(), pred.p50[sl].tolist(), pred.p90[sl].tolist()
         known = [z in self.known_zones for z in zones[sl]]
+        # model_construct: every value is built here from checked inputs, so pydantic's
+        # validation would only re-check our own floats and datetimes (~10 us per stop)
         stops = [
-            StopEta(
+            StopEta.model_construct(
                 stop_id=st.stop_id,
                 sequence=j,
-                eta_minutes=Quantiles(p10=round(a, 2), p50=round(b, 2), p90=round(c, 2)),
+                eta_minutes=Quantiles.model_construct(
+                    p10=round(a, 2), p50=round(b, 2), p90=round(c, 2)
+                ),
                 arrival_time=t0 + dt.timedelta(seconds=round(b * 60)),
                 window_start=t0 + dt.timedelta(seconds=round(a * 60)),
                 window_end=t0 + dt.timedelta(seconds=round(c * 60)),
