@@ -155,7 +155,7 @@ def test_endpoints_say_why_when_models_and_deliveries_are_missing(tmp_path: Path
 
 def test_the_page_is_open_but_its_data_needs_the_api_key(tmp_path: Path) -> None:
     app = Starlette(routes=[Mount("/ui", ui_app(lambda: _bare_service(tmp_path / "x.parquet")))])
-    c = TestClient(ApiKeyMiddleware(app, key="s3cret"))
+    c = TestClient(ApiKeyMiddleware(app, key="s3cret"))  # type: ignore[arg-type]
     assert c.get("/ui/").status_code == 200
     assert c.get("/ui/app.js").status_code == 200
     assert c.get("/ui/api/models").status_code == 401
@@ -236,8 +236,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         train_and_register_eta(
             deliveries, TINY, data_source="synth", gate=LOOSE, leg_config=TINY_LEG
         )
-        daily = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
-        daily = daily.groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()
+        days = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
+        daily = days.groupby([s.ZONE_ID, s.TS])[s.VOLUME].sum().reset_index()
         train_and_register_demand(hourly, daily, TINY_DEMAND, data_source="synth")
     port = _free_port()
     proc_env = {**os.environ, **env, "DOORSTEP_WORKERS": "1"}
