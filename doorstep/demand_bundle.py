@@ -11,10 +11,20 @@ it (and serving never imports ``training/``). Two heads give the uncalibrated qu
 
 Both heads can be anchored on a level feature (``FreqModel.level_feature``): the boosters then
 learn corrections to a zone's recent level, so a forecast can follow a level no tree has seen.
-Training keeps the head whose P50 has the lower MAE on the validation window. Either way the
-window is calibrated on the sqrt scale (conformalised quantile regression, one offset per
-horizon bucket), so it widens with the level as count noise does. The P50 is the point.
+Training keeps the head whose P50 has the lower MAE on the validation window; the P50 is the
+point. The P10-P90 window (``FreqModel.window``) comes from either head and is calibrated by
+conformal prediction, one offset per horizon bucket (Mondrian), on a score that is continuous
+across rows even though the counts are not:
 
+* ``count``: the negative-binomial quantiles at levels 0.1 - d and 0.9 + d. The score of a row
+  is the smallest level shift d whose window covers its count (from the predictive CDF at the
+  count), so d is fitted in probability space. Offsets on the count scale could not narrow a
+  window whose P10 is 0: every zero count ties there (a PIT-style score for discrete
+  predictive distributions; ties now fall only between rows with the same expected volume).
+* ``quantile``: the quantile boosters' P10/P90 on the sqrt scale, shifted by d (conformalised
+  quantile regression) before the square and the floor at zero, so zeros do not tie either.
+
+Either way d may be negative (the window narrows), and the window always contains the P50.
 The city total is bottom-up: the sum of the zones' expected volumes (expectations add up,
 medians do not), with its own conformal window calibrated on the totals.
 """
@@ -22,6 +32,7 @@ medians do not), with its own conformal window calibrated on the totals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -48,6 +59,8 @@ QUIET_EVIDENCE = float(np.log(1e6))  # a zero run this unlikely means the zone h
 MAX_STALE = pd.Timedelta(days=1)  # history may end at most this long before the origin
 # Horizon buckets (periods ahead, 1 = the origin's own period) for Mondrian calibration.
 HORIZON_EDGES: dict[str, tuple[int, ...]] = {"h": (2, 6, 12), "d": (1, 3)}
+WINDOWS: tuple[str, ...] = ("count", "quantile")
+MAX_LEVEL = 1.0 - 1e-6  # the highest quantile level a count window reaches (1.0 is infinite)
 
 
 def horizon_bucket(horizon: npt.ArrayLike, freq: str) -> npt.NDArray[np.int64]:
@@ -81,7 +94,15 @@ class FreqModel:
     # and forecasts can follow a level the trees never saw; None: boosters learn levels too
     level_feature: str | None = None
     nb_size: float = np.inf  # negative-binomial size of the count head (inf: Poisson)
-    conformal: list[float] = field(default_factory=list)  # per horizon bucket, sqrt scale
+    # where P10/P90 come from: "count" or "quantile" (see the module docstring); None: a bundle
+    # from before the window was chosen apart from the head (the head's window with sqrt-scale
+    # offsets on its floored quantiles), kept so a registered champion predicts as it did
+    window: str | None = None
+    conformal: list[float] = field(default_factory=list)  # per offset_class (see window)
+    # hourly: the calibration's origin hours; offsets are then per (the latest of these at or
+    # before the origin's hour, horizon bucket): a 00:00 plan's first hours are the quiet
+    # night, a 12:00 re-plan's the busy afternoon, so one offset per horizon cannot fit both
+    origin_groups: tuple[int, ...] = ()
     total_conformal: list[float] = field(default_factory=list)  # per bucket, sqrt(total) scale
 
     @property
@@ -115,14 +136,13 @@ class FreqModel:
         return np.exp(np.asarray(raw, dtype=np.float64) + self.log_offset(X))
 
     def raw(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
-        """Uncalibrated P10, P50, P90 in parcels, never crossing, zero for a quiet zone:
-        shape (n, 3). Calibration is fitted on exactly this."""
+        """The head's uncalibrated P10, P50, P90 in parcels, never crossing, zero for a quiet
+        zone: shape (n, 3). Training compares heads on its P50; bundles with ``window=None``
+        are calibrated on exactly this."""
         if self.head == "count":
             out = nb_quantiles(self.expected(X, num_threads), self.nb_size)
         else:
-            preds = [self.boosters[q].predict(X, num_threads=num_threads) for q in QUANTILES]
-            shifted = np.column_stack(preds) + self.sqrt_base(X)[:, None]
-            out = np.maximum(np.sort(shifted, axis=1), 0.0) ** 2
+            out = np.maximum(self.quantile_roots(X, num_threads), 0.0) ** 2
         out[:, 0] = np.minimum(out[:, 0], out[:, 1])
         out[:, 2] = np.maximum(out[:, 2], out[:, 1])
         out[self.quiet(X)] = 0.0
@@ -138,9 +158,100 @@ class FreqModel:
         evidence = X[:, names.index("zero_run")] * X[:, names.index("zone_mean")]
         return np.nan_to_num(evidence.astype(np.float64)) >= QUIET_EVIDENCE
 
+    def distribution(self, mean: FloatArray) -> Any:
+        """The count head's predictive distribution per row (scipy, frozen, vectorised)."""
+        mu = np.maximum(np.asarray(mean, dtype=np.float64), 1e-9)
+        if not np.isfinite(self.nb_size):
+            return stats.poisson(mu)
+        return stats.nbinom(self.nb_size, self.nb_size / (self.nb_size + mu))
+
+    def quantile_roots(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
+        """The quantile boosters' P10, P50, P90 on the sqrt scale, sorted, not floored: (n, 3)."""
+        preds = [self.boosters[q].predict(X, num_threads=num_threads) for q in QUANTILES]
+        return np.sort(np.column_stack(preds) + self.sqrt_base(X)[:, None], axis=1)
+
+    def point(
+        self, X: npt.NDArray[np.float32], mean: FloatArray, num_threads: int = 1
+    ) -> FloatArray:
+        """The P50 of the head (before the quiet-zone rule): the count head's integer median,
+        or the squared, floored median quantile booster."""
+        if self.head == "count":
+            return np.asarray(self.distribution(mean).ppf(0.5), dtype=np.float64)
+        return np.maximum(self.quantile_roots(X, num_threads)[:, 1], 0.0) ** 2
+
+    def bounds(
+        self, X: npt.NDArray[np.float32], mean: FloatArray, offset: FloatArray, num_threads: int = 1
+    ) -> tuple[FloatArray, FloatArray]:
+        """P10 and P90 of the window shifted by ``offset`` per row (before the clamp to P50)."""
+        if self.window == "count":
+            dist = self.distribution(mean)
+            lo = np.clip(QUANTILES[0] - offset, 0.0, 1.0)
+            hi = np.clip(QUANTILES[2] + offset, 0.0, MAX_LEVEL)
+            return np.maximum(dist.ppf(lo), 0.0), np.asarray(dist.ppf(hi), dtype=np.float64)
+        roots = self.quantile_roots(X, num_threads)
+        return np.maximum(roots[:, 0] - offset, 0.0) ** 2, np.maximum(
+            roots[:, 2] + offset, 0.0
+        ) ** 2
+
+    def window_score(
+        self, X: npt.NDArray[np.float32], y: FloatArray, num_threads: int = 1
+    ) -> FloatArray:
+        """Per row, the smallest offset whose window (clamped to contain the P50) covers the
+        count ``y``; the conformal offset is a quantile of these. A side the P50 already
+        covers scores -inf; a quiet zone's row (window fixed at 0) scores -inf if ``y`` is 0
+        and +inf otherwise."""
+        if self.window not in WINDOWS:
+            raise ValueError(f"window: must be one of {list(WINDOWS)}, got {self.window!r}")
+        y = np.asarray(y, dtype=np.float64)
+        mean = self.expected(X, num_threads)
+        p50 = self.point(X, mean, num_threads)
+        if self.window == "count":
+            dist = self.distribution(mean)
+            lower = QUANTILES[0] - dist.cdf(y)
+            upper = dist.cdf(y - 1) - QUANTILES[2]
+        else:
+            roots = self.quantile_roots(X, num_threads)
+            lower, upper = roots[:, 0] - np.sqrt(y), np.sqrt(y) - roots[:, 2]
+        score = np.maximum(np.where(y >= p50, -np.inf, lower), np.where(y <= p50, -np.inf, upper))
+        quiet = self.quiet(X)
+        score[quiet] = np.where(y[quiet] > 0, np.inf, -np.inf)
+        return score
+
+    def offset_class(
+        self, X: npt.NDArray[np.float32], horizon: npt.ArrayLike
+    ) -> npt.NDArray[np.int64]:
+        """Each row's Mondrian class: its horizon bucket, within its origin group if any."""
+        bucket = horizon_bucket(horizon, self.freq)
+        if not self.origin_groups:
+            return bucket
+        hour = X[:, self.featurizer.spec_.feature_names().index("origin_hour")]
+        group = np.searchsorted(np.asarray(self.origin_groups), hour, side="right") - 1
+        return np.maximum(group, 0) * n_buckets(self.freq) + bucket
+
+    def n_classes(self) -> int:
+        return max(len(self.origin_groups), 1) * n_buckets(self.freq)
+
     def predict(
         self, X: npt.NDArray[np.float32], horizon: npt.ArrayLike, num_threads: int = 1
     ) -> DemandPrediction:
+        quiet = self.quiet(X)
+        mean = np.where(quiet, 0.0, self.expected(X, num_threads))
+        if self.window is None:
+            return self._predict_sqrt_offsets(X, horizon, mean, num_threads)
+        offset = (
+            np.asarray(self.conformal)[self.offset_class(X, horizon)]
+            if self.conformal
+            else np.zeros(len(X))
+        )
+        p50 = np.where(quiet, 0.0, self.point(X, mean, num_threads))
+        p10, p90 = self.bounds(X, mean, offset, num_threads)
+        p10, p90 = np.where(quiet, 0.0, p10), np.where(quiet, 0.0, p90)
+        return DemandPrediction(np.minimum(p10, p50), p50, np.maximum(p90, p50), mean)
+
+    def _predict_sqrt_offsets(
+        self, X: npt.NDArray[np.float32], horizon: npt.ArrayLike, mean: FloatArray, num_threads: int
+    ) -> DemandPrediction:
+        """The rule of bundles with ``window=None``: sqrt-scale offsets on ``raw``."""
         raw = self.raw(X, num_threads)
         widen = (
             np.asarray(self.conformal)[horizon_bucket(horizon, self.freq)]
@@ -150,8 +261,6 @@ class FreqModel:
         p10 = np.maximum(np.sqrt(raw[:, 0]) - widen, 0.0) ** 2
         p90 = np.maximum(np.sqrt(raw[:, 2]) + widen, 0.0) ** 2
         p50 = raw[:, 1]
-        mean = np.where(self.quiet(X), 0.0, self.expected(X, num_threads))
-        # a negative offset narrows the window; the point stays and the window keeps it inside
         return DemandPrediction(np.minimum(p10, p50), p50, np.maximum(p90, p50), mean)
 
 

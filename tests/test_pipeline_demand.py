@@ -62,7 +62,7 @@ def test_config_keeps_each_frequencys_defaults(tmp_path: Path) -> None:
     assert config.hourly.calib_days == 9 and config.hourly.booster.num_leaves == 5
     assert config.hourly.level_feature == "level_profile_672"  # the hourly default survives
     assert config.hourly.booster.min_child_samples == DemandTrainConfig().booster.min_child_samples
-    assert config.daily.valid_days == 3 and config.daily.calib_days == 28
+    assert config.daily.valid_days == 3 and config.daily.calib_days == 14
     assert config.daily.level_feature == "level_profile_14"
     path.write_text("daily:\n  calib_dayz: 3\n")
     with pytest.raises(ValueError, match=re.escape("unknown config key(s) ['calib_dayz']")):
@@ -84,7 +84,7 @@ def test_holdout_is_the_last_whole_days(tables: tuple[pd.DataFrame, pd.DataFrame
 
 def test_too_short_a_history_names_the_frequency(tables: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     _, daily = tables
-    with pytest.raises(ValueError, match=r"^daily: need at least 56 days"):
+    with pytest.raises(ValueError, match=r"^daily: need at least 42 days"):
         train_and_register_demand(
             None, daily, DemandConfig(), data_source="synth", registered_name=None
         )
