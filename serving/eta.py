@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pydantic_core import to_json
 
 from doorstep.eta_bundle import EtaBundle, EtaPrediction
 from features.eta_request import ZoneResolver, build_batch
@@ -22,8 +24,6 @@ from serving.schemas import (
     MatrixRequest,
     MatrixResponse,
     ModelRef,
-    Quantiles,
-    StopEta,
 )
 
 FALLBACK_COURIER = "courier_pace"  # unknown or missing courier: the city's cold-start pace
@@ -50,10 +50,24 @@ class EtaEngine:
         self.ref = ModelRef(
             name=self.info.name, version=self.info.version, feature_set=self.info.feature_set
         )
+        self.ref_dict = self.ref.model_dump()
 
     def predict(self, requests: Sequence[EtaRequest]) -> list[EtaResponse]:
-        """One response per request, in order; each mode's routes go through one batch."""
-        out: list[EtaResponse | None] = [None] * len(requests)
+        """One validated ``EtaResponse`` per request (the endpoints use ``predict_json``)."""
+        return [EtaResponse.model_validate(d) for d in self.predict_dicts(requests)]
+
+    def predict_json(self, requests: Sequence[EtaRequest], batch: bool = False) -> bytes:
+        """The endpoints' response body: ``EtaResponse`` JSON (or ``EtaBatchResponse``).
+
+        Plain dicts serialised by pydantic-core, not response models: building 100 model
+        objects per 50-stop route cost ~1 ms, a tenth of the request. The contract is the same
+        (tests validate these bodies against the response models)."""
+        out = self.predict_dicts(requests)
+        return to_json({"routes": out} if batch else out[0])
+
+    def predict_dicts(self, requests: Sequence[EtaRequest]) -> list[dict[str, Any]]:
+        """One response dict per request, in order; each mode's routes go through one batch."""
+        out: list[dict[str, Any] | None] = [None] * len(requests)
         for mode in ("ordered", "unordered"):
             idx = [i for i, r in enumerate(requests) if r.mode == mode]
             if not idx:
@@ -75,25 +89,21 @@ class EtaEngine:
         zones: np.ndarray,
         start: int,
         n: int,
-    ) -> EtaResponse:
+    ) -> dict[str, Any]:
         t0 = req.courier.time
         sl = slice(start, start + n)
         p10, p50, p90 = pred.p10[sl].tolist(), pred.p50[sl].tolist(), pred.p90[sl].tolist()
         known = [z in self.known_zones for z in zones[sl]]
-        # model_construct: every value is built here from checked inputs, so pydantic's
-        # validation would only re-check our own floats and datetimes (~10 us per stop)
         stops = [
-            StopEta.model_construct(
-                stop_id=st.stop_id,
-                sequence=j,
-                eta_minutes=Quantiles.model_construct(
-                    p10=round(a, 2), p50=round(b, 2), p90=round(c, 2)
-                ),
-                arrival_time=t0 + dt.timedelta(seconds=round(b * 60)),
-                window_start=t0 + dt.timedelta(seconds=round(a * 60)),
-                window_end=t0 + dt.timedelta(seconds=round(c * 60)),
-                known_zone=k,
-            )
+            {
+                "stop_id": st.stop_id,
+                "sequence": j,
+                "eta_minutes": {"p10": round(a, 2), "p50": round(b, 2), "p90": round(c, 2)},
+                "arrival_time": t0 + dt.timedelta(seconds=round(b * 60)),
+                "window_start": t0 + dt.timedelta(seconds=round(a * 60)),
+                "window_end": t0 + dt.timedelta(seconds=round(c * 60)),
+                "known_zone": k,
+            }
             for j, (st, a, b, c, k) in enumerate(zip(req.stops, p10, p50, p90, known, strict=True))
         ]
         known_courier = req.courier.courier_id in self.known_couriers
@@ -105,13 +115,13 @@ class EtaEngine:
         vehicle = (req.courier.vehicle_type or "").lower()
         if vehicle and vehicle not in self.known_vehicles:
             fallbacks.append(FALLBACK_VEHICLE)
-        return EtaResponse(
-            mode=req.mode,
-            model=self.ref,
-            known_courier=known_courier,
-            fallbacks=fallbacks,
-            stops=stops,
-        )
+        return {
+            "mode": req.mode,
+            "model": self.ref_dict,
+            "known_courier": known_courier,
+            "fallbacks": fallbacks,
+            "stops": stops,
+        }
 
     def matrix(self, req: MatrixRequest) -> MatrixResponse:
         leg = self.bundle.leg

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from doorstep.fast_trees import AccelerationReport, accelerate
 from serving.asgi import ApiKeyMiddleware, model_info_app, patch_timeout_timer
@@ -53,6 +53,11 @@ def _model_info() -> dict[str, Any]:
     if svc is None:
         return {"ready": False, "models": {}, "errors": {"service": "starting"}}
     return svc.info()
+
+
+def _body(content: bytes) -> Response:
+    """A prepared JSON body: the route's declared response model documents it (OpenAPI)."""
+    return Response(content, media_type="application/json")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -132,7 +137,7 @@ class Doorstep:
         if self.eta_engine is None:
             return _error(503, f"ETA model not loaded: {self.errors.get('eta')}")  # type: ignore[return-value]
         self._log_route(request)
-        return self.eta_engine.predict([request])[0]
+        return _body(self.eta_engine.predict_json([request]))  # type: ignore[return-value]
 
     @bentoml.api(route="/v1/eta/batch")
     async def eta_batch(self, request: EtaBatchRequest, /) -> EtaBatchResponse:
@@ -144,7 +149,7 @@ class Doorstep:
             return _error(  # type: ignore[return-value]
                 413, f"routes: {total} stops in one batch, at most {self.config.max_batch_stops}"
             )
-        return EtaBatchResponse(routes=self.eta_engine.predict(request.routes))
+        return _body(self.eta_engine.predict_json(request.routes, batch=True))  # type: ignore[return-value]
 
     @bentoml.api(route="/v1/eta/matrix")
     async def eta_matrix(self, request: MatrixRequest, /) -> MatrixResponse:

@@ -124,10 +124,10 @@ def test_service_loads_both_champions_and_is_ready(service: Any) -> None:
 
 
 def test_direct_ordered_eta_is_monotone_with_windows(service: Any) -> None:
-    from serving.schemas import EtaRequest
+    from serving.schemas import EtaRequest, EtaResponse
 
     req = EtaRequest.model_validate(example("eta.json"))
-    resp = asyncio.run(service.eta(req))
+    resp = EtaResponse.model_validate_json(asyncio.run(service.eta(req)).body)  # the contract
     assert [x.stop_id for x in resp.stops] == [x.stop_id for x in req.stops]
     p10 = np.array([x.eta_minutes.p10 for x in resp.stops])
     p50 = np.array([x.eta_minutes.p50 for x in resp.stops])
@@ -152,7 +152,7 @@ def test_direct_answers_equal_the_bundle_on_the_training_features(
     tests/test_eta_features.py)."""
     from features.eta_queries import queries_from_deliveries
     from features.eta_request import requests_from_deliveries
-    from serving.schemas import Courier, EtaRequest, Stop
+    from serving.schemas import Courier, EtaRequest, EtaResponse, Stop
 
     deliveries = make_deliveries(days=30, couriers=3, stops=7, seed=5)
     last = deliveries[deliveries[s.DISPATCH_TIME] >= deliveries[s.DISPATCH_TIME].max().normalize()]
@@ -172,7 +172,7 @@ def test_direct_answers_equal_the_bundle_on_the_training_features(
             ),
             stops=[Stop(**dataclasses.asdict(st)) for st in route.stops],
         )
-        resp = asyncio.run(service.eta(req))
+        resp = EtaResponse.model_validate_json(asyncio.run(service.eta(req)).body)
         t = round(route.state.time.timestamp(), 3)
         for st in resp.stops:
             i = key[(st.stop_id, t)]
@@ -243,6 +243,9 @@ def test_asgi_batch_keeps_order_and_modes(client: TestClient) -> None:
     routes = [example("eta_unordered.json"), example("eta.json")]
     r = client.post("/v1/eta/batch", json={"routes": routes})
     assert r.status_code == 200, r.text
+    from serving.schemas import EtaBatchResponse
+
+    EtaBatchResponse.model_validate_json(r.content)  # the body honours the documented model
     out = r.json()["routes"]
     assert [x["mode"] for x in out] == ["unordered", "ordered"]
     assert [len(x["stops"]) for x in out] == [len(routes[0]["stops"]), len(routes[1]["stops"])]
