@@ -712,18 +712,12 @@ CALL_HINT = """call it (examples in serving/examples/):
 
 def _serve(config: Path | None, host: str, port: int, workers: int | None) -> None:
     from serving.config import load_serving_config
-    from serving.launch import exec_serve, resolve_aliases
+    from serving.launch import exec_serve
 
     cfg = load_serving_config(config)
-    resolved = resolve_aliases(cfg)
-    if "eta" in resolved.missing:
-        raise _fail(
-            f"no ETA model to serve: {resolved.missing['eta']}; run `doorstep train eta` first"
-        )
-    for kind, what in resolved.versions.items():
-        console.print(f"[cyan]>[/] serving {kind}: {what}")
-    for kind, why in resolved.missing.items():
-        console.print(f"[yellow]![/] {kind} not served: {why}")
+    # the service resolves the registry aliases once, before its workers start, and logs the
+    # versions; a missing model leaves /readyz failing with the reason in /v1/model-info
+    console.print(f"[cyan]>[/] serving {cfg.eta_uri} and {cfg.demand_uri} from {cfg.tracking_uri}")
     console.print(CALL_HINT.format(host=host, port=port))
     exec_serve(cfg, host, port, workers)
 

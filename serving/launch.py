@@ -1,8 +1,11 @@
-"""``doorstep serve``: resolve the registry aliases once, then run ``bentoml serve``.
+"""``doorstep serve``: run ``bentoml serve`` with absolute paths, and resolve the registry
+aliases once per server.
 
-Every worker process loads its models itself; resolving ``doorstep-eta@champion`` here, once,
-and handing the workers the exact version (``models:/doorstep-eta/7``) means a promotion
-during start-up cannot leave two workers serving different champions.
+Every worker process loads its models itself. ``resolve_aliases`` runs once, in BentoML's
+arbiter before any worker starts (the service's ``on_deployment`` hook), and hands the workers
+the exact versions (``models:/doorstep-eta/7``): a promotion during start-up cannot leave two
+workers serving different champions. The CLI itself imports nothing heavy, so start-up pays
+for MLflow's import once per process that needs it, not once more in the launcher.
 """
 
 from __future__ import annotations
@@ -11,10 +14,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from serving.config import (
     ENV_DELIVERIES,
@@ -38,6 +37,10 @@ class Resolved:
 
 
 def resolve_aliases(config: ServingConfig) -> Resolved:
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     if config.tracking_uri:
         mlflow.set_tracking_uri(config.tracking_uri)
     client = MlflowClient()
@@ -82,8 +85,7 @@ def serve_argv(host: str, port: int, workers: int | None = None) -> list[str]:
 
 def exec_serve(config: ServingConfig, host: str, port: int, workers: int | None) -> None:
     """Replace this process with the BentoML server (signals reach it directly)."""
-    resolved = resolve_aliases(config)
-    env = {**os.environ, **resolved.env}
+    env = dict(os.environ)
     if config.tracking_uri:
         env["MLFLOW_TRACKING_URI"] = absolute_sqlite(config.tracking_uri)
     if config.demand_store:
@@ -94,3 +96,12 @@ def exec_serve(config: ServingConfig, host: str, port: int, workers: int | None)
         env[ENV_WORKERS] = str(workers)
     argv = serve_argv(host, port, workers)
     os.execve(argv[0], argv, env)
+
+
+def pin_models_for_workers() -> Resolved:
+    """Resolve the aliases now and export the pinned URIs for the workers about to start."""
+    from serving.config import load_serving_config
+
+    resolved = resolve_aliases(load_serving_config())
+    os.environ.update(resolved.env)
+    return resolved

@@ -75,6 +75,21 @@ def _error(status: int, message: str) -> JSONResponse:
 class Doorstep:
     """Per-stop ETAs with calibrated windows, travel-time matrices, and zone demand."""
 
+    @bentoml.on_deployment
+    def pin_models() -> None:  # type: ignore[misc]
+        """Once per server, before any worker starts: registry aliases -> exact versions."""
+        from serving.launch import pin_models_for_workers
+
+        try:
+            resolved = pin_models_for_workers()
+        except Exception as exc:  # the workers report it as not ready, with the reason
+            log.warning("could not resolve the registry aliases: %s", exc)
+            return
+        for kind, what in resolved.versions.items():
+            log.info("serving %s: %s", kind, what)
+        for kind, why in resolved.missing.items():
+            log.warning("%s not served: %s", kind, why)
+
     def __init__(self) -> None:
         self.config = load_serving_config()
         models = load_models(self.config)
