@@ -650,6 +650,38 @@ def models_list(kind: Annotated[str, typer.Argument(help="eta | demand")] = "eta
         console.print(f"{MODEL_NAMES[kind]}@{alias} = version {v.version} (run {v.run_id})")
 
 
+features_app = typer.Typer(help="Feature pipelines at scale (Dask).", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("eta")
+def features_eta_cmd(
+    data: Annotated[Path, typer.Option(help="Partitioned Parquet folder (one folder per date)")],
+    test_from: Annotated[str, typer.Option(help="Rows of routes before this day YYYY-MM-DD")],
+    out: Annotated[Path, typer.Option(help="Output folder: OUT/ordered, OUT/unordered")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask cluster workers")] = 2,
+) -> None:
+    """Fit the ETA features on a cluster and write the training rows as partitioned Parquet
+    (e.g. the output of doorstep simulate --partitioned)."""
+    from training.dask_eta import read_deliveries_dask, write_features
+    from training.engine import EngineConfig, dask_client
+
+    if not data.is_dir():
+        raise _fail(f"--data: {data} is not a folder of partitioned Parquet")
+    start = time.perf_counter()
+    with dask_client(EngineConfig(engine="dask", scheduler=scheduler, n_workers=workers)):
+        try:
+            paths = write_features(read_deliveries_dask(str(data)), test_from, str(out))
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+    for mode, path in paths.items():
+        console.print(f"{mode} feature rows -> {path}")
+    console.print(f"{time.perf_counter() - start:.1f} s")
+
+
 def compile_champion(report: Any = None, workers: int = 2, alias: str = "champion") -> int:
     """Compile the served ETA bundle's boosters for this CPU into the tree cache (once)."""
     from doorstep.eta_pyfunc import load_bundle

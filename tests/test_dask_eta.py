@@ -149,3 +149,45 @@ def test_partitioned_parquet_from_the_simulator_feeds_the_dask_path(
     assert sum(len(r) for r in routes) == len(set().union(*routes))  # no route in two partitions
     featurizer = fit_featurizer(ddf, day_of("2021-05-01"))
     assert len(featurizer.known_couriers()) == 3
+
+
+def test_feature_rows_are_written_as_partitioned_parquet(
+    deliveries: pd.DataFrame, client: Any, tmp_path: Any
+) -> None:
+    from training.dask_eta import write_features
+
+    ddf = by_route_day(deliveries, npartitions=4)
+    paths = write_features(ddf, TEST_FROM, str(tmp_path / "features"))
+    featurizer = _pandas_featurizer(deliveries)
+    batch = queries_from_deliveries(deliveries)
+    before = batch.take_queries(batch.q_route_day < day_of(TEST_FROM))
+    for mode, path in paths.items():
+        files = list((tmp_path / "features" / mode).glob("*.parquet"))
+        assert len(files) == 4  # one per partition, written by the workers
+        got = pd.read_parquet(path)
+        names = feature_names(mode)
+        want = featurizer.transform(before, mode)
+        assert len(got) == len(want)
+        np.testing.assert_allclose(
+            np.sort(got[names].to_numpy(float), axis=0), np.sort(want.astype(float), axis=0),
+            rtol=1e-6,
+        )  # fmt: skip
+
+
+def test_features_command_on_simulated_partitioned_parquet(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from doorstep.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "250"})
+    sim = runner.invoke(app, ["simulate", "--days", "25", "--couriers", "3", "--seed", "4",
+                              "--out", str(tmp_path / "city"), "--partitioned"])  # fmt: skip
+    assert sim.exit_code == 0, sim.output
+    result = runner.invoke(app, ["features", "eta", "--data", str(tmp_path / "city" / "deliveries"),
+                                 "--test-from", "2021-05-01", "--out", str(tmp_path / "f")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(tmp_path / "f" / "ordered")
+    assert len(rows) > 100 and set(feature_names("ordered")) <= set(rows.columns)
+    missing = runner.invoke(app, ["features", "eta", "--data", str(tmp_path / "nope"),
+                                  "--test-from", "2021-05-01", "--out", str(tmp_path / "g")])  # fmt: skip
+    assert missing.exit_code == 2 and "--data" in missing.output

@@ -232,3 +232,25 @@ def _calibration_rows(
     deliveries = pd.concat([d for d in days if len(d)], ignore_index=True)
     batch = queries_from_deliveries(deliveries)
     return featurizer.transform(batch, mode), batch
+
+
+def write_features(
+    ddf: dd.DataFrame,
+    test_from: str | pd.Timestamp,
+    out: str,
+    target: str = "log1p",
+    modes: tuple[str, ...] = ("ordered", "unordered"),
+) -> dict[str, str]:
+    """The training feature rows (days before ``test_from``) as Parquet, one folder per mode,
+    written partition by partition by the workers: a training set too big for one machine is
+    never gathered anywhere. Returns mode -> folder."""
+    t_from = day_of(test_from)
+    featurizer = fit_featurizer(ddf, t_from)
+    paths = {}
+    for mode in modes:
+        m: Mode = mode  # type: ignore[assignment]
+        frame = window_features(ddf, featurizer, m, -(2**31), t_from, target)
+        path = f"{out.rstrip('/')}/{mode}"
+        frame.to_parquet(path, write_index=False)
+        paths[mode] = path
+    return paths
