@@ -448,3 +448,24 @@ def test_packed_models_load_without_the_registry(registry: dict[str, str], tmp_p
     assert models.eta_info is not None and models.eta_info.version == "1"
     assert models.demand_info is not None and models.demand_info.alias == "champion"
     assert not (tmp_path / "absent.db").exists()  # the registry was never opened
+
+
+def test_demand_store_is_reread_when_its_file_changes(tmp_path: Path) -> None:
+    """A pipeline appending yesterday's volume to the store needs no restart."""
+    import os as _os
+
+    from serving.demand import DemandStore, StoreUnavailable
+
+    path = tmp_path / "store.parquet"
+    table = synthetic("h", zones=2, days=3, seed=1)
+    table[table[s.TS] < table[s.TS].max().normalize()].to_parquet(path, index=False)
+    store = DemandStore(path)
+    first = store.snapshot()
+    assert store.snapshot() is first  # unchanged file: the cached table
+    table.to_parquet(path, index=False)
+    _os.utime(path, (first.stamp[0] + 5, first.stamp[0] + 5))
+    second = store.snapshot()
+    assert second is not first and second.last_ts > first.last_ts
+    path.unlink()
+    with pytest.raises(StoreUnavailable, match="demand store"):
+        store.snapshot()
