@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from serving.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
@@ -106,12 +107,6 @@ def in_process(n: int) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _tree_rss_mb(pid: int) -> float | None:
     try:
         import psutil
@@ -157,7 +152,7 @@ async def _closed_loop(
 
 
 def over_http(seconds: float, workers: int) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DOORSTEP_WORKERS": str(workers)}
     doorstep = Path(sys.executable).parent / "doorstep"

@@ -27,13 +27,10 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -41,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from serving.launch import local_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ui.json"
@@ -62,45 +61,14 @@ class Render:
     zones: int  # polygons on the map
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve(workers: int, log_path: Path) -> Iterator[str]:
     """``doorstep serve`` on a free port until ``/readyz`` answers 200."""
-    port = _free_port()
-    env = {**os.environ, "DOORSTEP_WORKERS": str(workers)}
-    doorstep = Path(sys.executable).parent / "doorstep"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [str(doorstep), "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the service did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with local_server({}, log_path, workers=workers, timeout_s=120) as base:
+            yield base
+    except RuntimeError as exc:
+        sys.exit(f"the service did not start: {exc}")
 
 
 @contextmanager

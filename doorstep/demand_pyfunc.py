@@ -14,16 +14,15 @@ import training code. Unpickling runs code: load only models from a registry you
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow.models import Model, ModelSignature
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 
+from doorstep.bundle_io import load_logged, read_checked
 from doorstep.demand_bundle import HORIZON, MEAN, P10, P50, P90, DemandBundle, check_feature_set
 from features import schema as s
 from features.demand_features import period
@@ -142,29 +141,11 @@ class DemandPyfunc(PythonModel):  # type: ignore[misc]
         )
 
 
-def write_bundle(bundle: DemandBundle, path: Path) -> Path:
-    with open(path, "wb") as fh:
-        pickle.dump(bundle, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
-
-
 def read_bundle(path: Path) -> DemandBundle:
     """Unpickle and refuse a bundle whose feature set this code does not compute."""
-    with open(path, "rb") as fh:
-        bundle = pickle.load(fh)
-    if not isinstance(bundle, DemandBundle):
-        raise TypeError(f"{path}: expected a DemandBundle, got {type(bundle).__name__}")
-    check_feature_set(bundle)
-    return bundle
+    return read_checked(path, DemandBundle, check_feature_set)
 
 
 def load_demand_bundle(model_uri: str) -> DemandBundle:
-    """The bundle of a logged demand model (``models:/doorstep-demand@champion``,
-    ``runs:/...``, ``models:/m-...``), unpickled without the pyfunc wrapper; its feature set
-    checked. The whole model directory is fetched, as ``eta_pyfunc.load_bundle`` explains."""
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    flavor = Model.load(local).flavors.get("python_function", {})
-    entry = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT)
-    if entry is None:
-        raise ValueError(f"{model_uri}: not a demand model (no {BUNDLE_ARTIFACT!r} artifact)")
-    return read_bundle(local / entry["path"])
+    """The bundle of a logged demand model, its feature set checked (serving's fast path)."""
+    return load_logged(model_uri, BUNDLE_ARTIFACT, read_bundle, "a demand model")

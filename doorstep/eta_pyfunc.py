@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import Model, ModelSignature
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
+from doorstep.bundle_io import load_logged, read_checked
 from doorstep.eta_bundle import EtaBundle, EtaPrediction, check_feature_set
 from features import schema as s
 from features.eta_request import CourierState, RouteQuery, StopInput, ZoneResolver, build_batch
@@ -301,33 +300,11 @@ class EtaPyfunc(PythonModel):  # type: ignore[misc]
         return predict_frame(self.bundle, model_input)
 
 
-def write_bundle(bundle: EtaBundle, path: Path) -> Path:
-    with open(path, "wb") as fh:
-        pickle.dump(bundle, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
-
-
 def read_bundle(path: Path) -> EtaBundle:
     """Unpickle and refuse a bundle whose feature set this code does not compute."""
-    with open(path, "rb") as fh:
-        bundle = pickle.load(fh)
-    if not isinstance(bundle, EtaBundle):
-        raise TypeError(f"{path}: expected an EtaBundle, got {type(bundle).__name__}")
-    check_feature_set(bundle)
-    return bundle
+    return read_checked(path, EtaBundle, check_feature_set)
 
 
 def load_bundle(model_uri: str) -> EtaBundle:
-    """The bundle of a logged ETA model (``models:/doorstep-eta@champion``, ``runs:/...``,
-    ``models:/m-...``), unpickled without the pyfunc wrapper; its feature set checked.
-
-    The whole model directory is fetched (the bundle is nearly all of it): MLflow 3 reads
-    ``models:/<model id>/<sub path>`` as a registered name and version, so no sub-path URI
-    works for every form of model URI.
-    """
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    flavor = Model.load(local).flavors.get("python_function", {})
-    entry = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT)
-    if entry is None:
-        raise ValueError(f"{model_uri}: not an ETA model (no {BUNDLE_ARTIFACT!r} artifact)")
-    return read_bundle(local / entry["path"])
+    """The bundle of a logged ETA model, its feature set checked (serving's fast path)."""
+    return load_logged(model_uri, BUNDLE_ARTIFACT, read_bundle, "an ETA model")

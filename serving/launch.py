@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +107,50 @@ def pin_models_for_workers() -> Resolved:
     resolved = resolve_aliases(load_serving_config())
     os.environ.update(resolved.env)
     return resolved
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def local_server(
+    env: Mapping[str, str], log_path: Path, *, workers: int = 1, timeout_s: float = 90.0
+) -> Iterator[str]:
+    """A real ``doorstep serve`` on 127.0.0.1 (tests, benchmarks): yields its base URL once
+    ``/readyz`` answers 200, stops it on exit. Raises with the log's tail if it dies or is
+    not ready in time."""
+    import subprocess
+    import time
+
+    import httpx
+
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "doorstep"), "serve", "--port", str(port)]
+    full_env = {**os.environ, **env, ENV_WORKERS: str(workers)}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"doorstep serve not ready:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -11,11 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -379,33 +374,11 @@ def test_service_without_models_is_not_ready(tmp_path: Path) -> None:
 # --- level 3: a real `doorstep serve` process --------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_real_process_answers_the_readme_examples(registry: dict[str, str], tmp_path: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, **registry, "DOORSTEP_WORKERS": "1"}
-    doorstep = Path(sys.executable).parent / "doorstep"
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [str(doorstep), "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "service not ready in 90 s"
-            time.sleep(0.5)
+    from serving.launch import local_server
+
+    with local_server(registry, tmp_path / "serve.log") as base:
         readme = (ROOT / "README.md").read_text()
         for name, route in ROUTES.items():
             assert f"{route} " in readme and f"@serving/examples/{name}" in readme, name
@@ -421,12 +394,6 @@ def test_real_process_answers_the_readme_examples(registry: dict[str, str], tmp_
         # no raw coordinates or courier ids in the logs by default
         assert ETA["courier"]["courier_id"] not in logs
         assert str(ETA["stops"][0]["lat"]) not in logs
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_packed_models_load_without_the_registry(registry: dict[str, str], tmp_path: Path) -> None:

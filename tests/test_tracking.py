@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from doorstep.bundle_io import write_bundle
 from doorstep.eta_bundle import EtaBundle
 from doorstep.eta_pyfunc import (
     ETA_P10,
@@ -32,7 +33,6 @@ from doorstep.eta_pyfunc import (
     load_bundle,
     predict_frame,
     routes_to_frame,
-    write_bundle,
 )
 from features import schema as s
 from features.eta_queries import QueryBatch, queries_from_deliveries

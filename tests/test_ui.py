@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +30,7 @@ from starlette.testclient import TestClient
 from features import schema as s
 from features.zones import h3_cells
 from serving.asgi import ApiKeyMiddleware
+from serving.launch import free_port, local_server
 from serving.ui import default_view, polygon, ui_app
 from serving.ui_data import metric_tables, prepare, zone_depots
 from tests.synth import make_deliveries
@@ -197,12 +194,6 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A seeded city in a throwaway registry, served by a real ``doorstep serve`` process."""
@@ -239,29 +230,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         days = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
         daily = days.groupby([s.ZONE_ID, s.TS])[s.VOLUME].sum().reset_index()
         train_and_register_demand(hourly, daily, TINY_DEMAND, data_source="synth")
-    port = _free_port()
-    proc_env = {**os.environ, **env, "DOORSTEP_WORKERS": "1"}
-    proc_env.pop("DOORSTEP_API_KEY", None)
-    log = (tmp / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "doorstep"), "serve", "--port", str(port)],
-        env=proc_env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "service not ready in 90 s"
-            time.sleep(0.5)
+    # an empty key reads as none: the page's requests need no key here
+    with local_server({**env, "DOORSTEP_API_KEY": ""}, tmp / "serve.log") as base:
         last = end.date()
         yield {
             "base": base,
@@ -271,12 +241,6 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "hourly": hourly,
             "zones": zones,
         }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _wait(driver: Any, condition: Any, timeout: float = 20) -> Any:
@@ -450,7 +414,7 @@ def test_page_says_why_when_nothing_is_loaded(browser: Any, tmp_path: Path) -> N
     import uvicorn
 
     app = Starlette(routes=[Mount("/ui", ui_app(lambda: _bare_service(tmp_path / "x.parquet")))])
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 
+from doorstep.bundle_io import write_bundle
 from doorstep.config import from_dict, to_dict, use_experiment
 from doorstep.demand_bundle import DemandBundle
 from doorstep.demand_pyfunc import (
@@ -33,7 +34,6 @@ from doorstep.demand_pyfunc import (
     load_demand_bundle,
     predict_history,
     signature,
-    write_bundle,
 )
 from features import schema as s
 from features.demand_features import DemandPanel, spec_for

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 from mlflow import MlflowClient
 
+from doorstep.bundle_io import write_bundle
 from doorstep.config import to_dict, use_experiment
 from doorstep.eta_pyfunc import (
     BUNDLE_ARTIFACT,
@@ -33,7 +34,6 @@ from doorstep.eta_pyfunc import (
     predict_frame,
     routes_to_frame,
     signature,
-    write_bundle,
 )
 from features.eta_request import RouteQuery
 from training import plots
