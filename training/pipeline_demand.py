@@ -13,7 +13,6 @@ constant, so it orders versions identically) and its coverage is within toleranc
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 import yaml
-from mlflow import MlflowClient
 
-from doorstep.bundle_io import write_bundle
 from doorstep.config import from_dict, to_dict, use_experiment
 from doorstep.demand_bundle import DemandBundle
 from doorstep.demand_pyfunc import (
@@ -49,7 +46,6 @@ from training.demand_backtest import (
 )
 from training.registry import GateRule, PromotionDecision, promote_if_better
 from training.tracking import (
-    MODEL_NAME,
     TAG_DATA_SOURCE,
     TAG_FEATURE_SET,
     TAG_MODEL_KIND,
@@ -59,7 +55,7 @@ from training.tracking import (
     _finite,
     _jsonable,
     flatten,
-    pinned_requirements,
+    log_bundle_model,
 )
 
 EXPERIMENT = "doorstep-demand"
@@ -308,24 +304,16 @@ def log_demand_model(
 
     example = input_example(bundle, holdout)
     predict_history(bundle, example)  # fail here, not in MLflow's example validation
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_bundle(bundle, Path(tmp) / BUNDLE_FILE)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=DemandPyfunc(),
-            artifacts={BUNDLE_ARTIFACT: str(path)},
-            signature=signature(bundle),
-            input_example=example,
-            pip_requirements=pinned_requirements(),
-            registered_model_name=registered_name,
-            tags=tags,
-        )
-    version = None if info.registered_model_version is None else str(info.registered_model_version)
-    if registered_name is not None and version is not None:
-        client = MlflowClient()
-        for k, v in tags.items():
-            client.set_model_version_tag(registered_name, version, k, v)
-    return LoggedModel(run_id=str(info.run_id), model_uri=info.model_uri, model_version=version)
+    return log_bundle_model(
+        bundle,
+        python_model=DemandPyfunc(),
+        artifact=BUNDLE_ARTIFACT,
+        file_name=BUNDLE_FILE,
+        signature=signature(bundle),
+        input_example=example,
+        registered_name=registered_name,
+        tags=tags,
+    )
 
 
 def default_gate(config: DemandConfig, frequencies: list[str]) -> GateRule:

@@ -249,14 +249,39 @@ def _log(
 
     example = _example_frame(example_routes, list(bundle.modes))
     predict_frame(bundle, example)  # fail here, not in MLflow's example validation
+    return log_bundle_model(
+        bundle,
+        python_model=EtaPyfunc(),
+        artifact=BUNDLE_ARTIFACT,
+        file_name=BUNDLE_FILE,
+        signature=signature(),
+        input_example=example,
+        registered_name=registered_name,
+        tags=tags,
+    )
+
+
+def log_bundle_model(
+    bundle: object,
+    *,
+    python_model: Any,
+    artifact: str,
+    file_name: str,
+    signature: Any,
+    input_example: Any,
+    registered_name: str | None,
+    tags: dict[str, str],
+) -> LoggedModel:
+    """Log a pickled bundle as a pyfunc model in the active run (signature, input example,
+    pinned requirements, tags), register it, and tag the registered version too."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_bundle(bundle, Path(tmp) / BUNDLE_FILE)
+        path = write_bundle(bundle, Path(tmp) / file_name)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
-            python_model=EtaPyfunc(),
-            artifacts={BUNDLE_ARTIFACT: str(path)},
-            signature=signature(),
-            input_example=example,
+            python_model=python_model,
+            artifacts={artifact: str(path)},
+            signature=signature,
+            input_example=input_example,
             pip_requirements=pinned_requirements(),
             registered_model_name=registered_name,
             tags=tags,
