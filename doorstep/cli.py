@@ -476,6 +476,39 @@ def _load_demand_tables(
     return hourly, (daily if freq == "both" else None), source
 
 
+def _demand_tables(
+    history: Path | None,
+    deliveries: Path | None,
+    freq: str,
+    days: int,
+    couriers: int,
+    seed: int,
+    client: Any,
+) -> tuple[Any, Any, str]:
+    """``_load_demand_tables``, or the tables counted from deliveries (on the cluster when
+    ``client`` is given: a distributed group-by over the partitioned Parquet)."""
+    if deliveries is None:
+        return _load_demand_tables(history, freq, days, couriers, seed)
+    if freq not in DEMAND_FREQS:
+        raise ValueError(f"--freq: must be one of {', '.join(DEMAND_FREQS)}, got {freq!r}")
+    if not deliveries.exists():
+        raise FileNotFoundError(f"--deliveries: {deliveries} does not exist")
+    freqs = ("h", "d") if freq == "both" else (freq,)
+    if client is not None:
+        from training.dask_demand import demand_tables_dask
+        from training.dask_eta import read_deliveries_dask
+
+        with console.status("counting parcels per zone and period on the cluster"):
+            tables = demand_tables_dask(read_deliveries_dask(str(deliveries)), freqs)
+    else:
+        from features.demand import demand_from_deliveries
+        from features.ingest import read_deliveries
+
+        frame = read_deliveries(deliveries)
+        tables = {f: demand_from_deliveries(frame, f) for f in freqs}
+    return tables.get("h"), tables.get("d"), str(deliveries)
+
+
 @train_app.command("demand")
 def train_demand_cmd(
     history: Annotated[
@@ -495,20 +528,57 @@ def train_demand_cmd(
     days: Annotated[int, typer.Option(help="Simulated days (no --history)")] = 90,
     couriers: Annotated[int, typer.Option(help="Simulated couriers (no --history)")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
+    deliveries: Annotated[
+        Path | None,
+        typer.Option(
+            help="Deliveries Parquet (file, or the folder doorstep simulate --partitioned "
+            "writes): the demand tables are counted from them instead of --history"
+        ),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="pandas (this process) | dask (features and boosters on Dask)")
+    ] = "pandas",
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask cluster workers")] = 2,
 ) -> None:
     """Train the demand model(s), log to MLflow, register doorstep-demand, promote if it wins."""
     from training.benchmark_demand import best_baseline, fmt
+    from training.engine import EngineConfig
     from training.pipeline_demand import load_demand_config, train_and_register_demand
 
     try:
+        if engine not in ("pandas", "dask"):
+            raise ValueError(f"--engine: must be pandas or dask, got {engine!r}")
+        if deliveries is not None and history is not None:
+            raise ValueError("--deliveries, --history: give one of them")
         cfg = load_demand_config(config if config and config.exists() else None)
         if holidays is not None:
             cfg = dataclasses.replace(cfg, holidays_country=holidays)
-        hourly, daily, source = _load_demand_tables(history, freq, days, couriers, seed)
-        with console.status("training demand models, scoring the hold-out, logging"):
-            outcome = train_and_register_demand(
-                hourly, daily, cfg, data_source=source, holdout_days=holdout_days
+        status = f"training demand models ({engine}), scoring the hold-out, logging"
+        if engine == "dask":
+            from training.dask_demand_pipeline import train_and_register_demand_dask
+            from training.engine import dask_client
+
+            eng = EngineConfig(engine="dask", scheduler=scheduler, n_workers=workers)
+            with dask_client(eng) as client:
+                hourly, daily, source = _demand_tables(
+                    history, deliveries, freq, days, couriers, seed, client
+                )
+                with console.status(status):
+                    outcome = train_and_register_demand_dask(
+                        hourly, daily, cfg, data_source=source, holdout_days=holdout_days,
+                        engine=eng, client=client,
+                    )  # fmt: skip
+        else:
+            hourly, daily, source = _demand_tables(
+                history, deliveries, freq, days, couriers, seed, None
             )
+            with console.status(status):
+                outcome = train_and_register_demand(
+                    hourly, daily, cfg, data_source=source, holdout_days=holdout_days
+                )
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     table = Table(

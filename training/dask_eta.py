@@ -31,6 +31,7 @@ from features import schema as s
 from features.eta_features import CATEGORICAL, EtaFeaturizer, Mode, feature_names
 from features.eta_queries import queries_from_deliveries
 from features.profiles import local_day
+from training.engine import nonempty
 from training.eta import (
     EtaConfig,
     EtaTrainResult,
@@ -108,17 +109,6 @@ def window_features(
     return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
 
-def _nonempty(frame: dd.DataFrame, client: Any) -> dd.DataFrame:
-    """Persisted, without empty partitions: LightGBM's Dask training refuses a worker whose
-    share of the data is empty, and date windows leave most partitions empty."""
-    frame = client.persist(frame)
-    sizes = frame.map_partitions(len).compute()
-    parts = [p for p, n in zip(frame.to_delayed(), sizes, strict=True) if n > 0]
-    if not parts:
-        raise ValueError("the training window has no rows")
-    return dd.from_delayed(parts, meta=frame._meta, verify_meta=False)
-
-
 def _fit_quantile(
     X: dd.DataFrame,
     y: dd.Series,
@@ -168,7 +158,7 @@ def train_eta_dask(
         cats = [n for n in CATEGORICAL if n in names]
         fit = window_features(ddf, featurizer, m, -(2**31), split.valid_from, config.target)
         valid = window_features(ddf, featurizer, m, split.valid_from, split.fit_end, config.target)
-        fit, valid = _nonempty(fit, client), _nonempty(valid, client)
+        fit, valid = nonempty(fit, client), nonempty(valid, client)
         median = _fit_quantile(
             fit[names], fit[LABEL], 0.5, config, config.booster.n_estimators, cats, client,
             eval_set=[(valid[names], valid[LABEL])],

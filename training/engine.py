@@ -27,6 +27,20 @@ class EngineConfig:
     partitions: int = 0  # partitions of in-memory deliveries (0: two per worker)
 
 
+def nonempty(frame: Any, client: Any) -> Any:
+    """``frame`` (a Dask DataFrame) persisted, without its empty partitions: LightGBM's Dask
+    training refuses a worker whose share of the data is empty, and date or zone windows
+    leave partitions empty."""
+    import dask.dataframe as dd
+
+    frame = client.persist(frame)
+    sizes = frame.map_partitions(len).compute()
+    parts = [p for p, n in zip(frame.to_delayed(), sizes, strict=True) if n > 0]
+    if not parts:
+        raise ValueError("the training window has no rows")
+    return dd.from_delayed(parts, meta=frame._meta, verify_meta=False)
+
+
 @contextmanager
 def dask_client(config: EngineConfig) -> Iterator[Any]:
     """A ``distributed.Client`` on the configured scheduler, or on a local cluster."""
