@@ -66,6 +66,7 @@ class DemandFeatureSpec:
     )
     seasonal: tuple[tuple[int, int], ...] = ((24, 1), (24, 7), (168, 1), (168, 4))
     level_profiles: tuple[int, ...] = (168, 672)
+    ewm: tuple[int, ...] = ()  # half-lives of exponentially weighted level means
     calendar: tuple[str, ...] = ("hour", "weekday", "holiday", "day_off", "days_after_holiday")
     holidays_country: str | None = None
     zone: bool = True
@@ -86,13 +87,14 @@ class DemandFeatureSpec:
         if bad:
             raise ValueError(f"rolling: unknown stat(s) {bad}; known: {list(ROLLING_STATS)}")
         sizes = [*self.lags, *(w for _, w in self.rolling), *(x for p in self.seasonal for x in p)]
-        sizes += [*self.level_profiles, *(x for p in self.total_ratios for x in p)]
+        sizes += [*self.level_profiles, *self.ewm, *(x for p in self.total_ratios for x in p)]
         if any(int(v) < 1 for v in sizes):
             raise ValueError("lags, windows and seasons: must be >= 1 period")
 
     @classmethod
     def daily(cls, holidays_country: str | None = None, **kw: object) -> DemandFeatureSpec:
-        """Defaults for daily data: weekly seasonality, levels over 1 to 8 weeks."""
+        """Defaults for daily data: weekly seasonality, levels over 1 to 8 weeks and an
+        exponentially weighted level (half-life 5 days: the daily model's anchor)."""
         base: dict[str, object] = {
             "freq": "d",
             "lags": (1, 2, 7, 14),
@@ -107,6 +109,7 @@ class DemandFeatureSpec:
             ),
             "seasonal": ((7, 1), (7, 4), (7, 8)),
             "level_profiles": (14, 28),
+            "ewm": (5,),
             "calendar": ("weekday", "holiday", "day_off", "days_after_holiday"),
             "total_ratios": ((1, 7), (7, 28), (28, 56)),
             "observed_today": False,
@@ -130,6 +133,7 @@ class DemandFeatureSpec:
         names += [f"roll_{st}_{w}" for st, w in self.rolling]
         names += [f"seas_mean_{p}x{n}" for p, n in self.seasonal]
         names += [f"level_profile_{w}" for w in self.level_profiles]
+        names += [f"ewm_mean_{hl}" for hl in self.ewm]
         names += list(self.calendar)
         names += ["zone", "zone_mean", "zone_profile"] if self.zone else []
         names += ["zero_run"] if self.zero_run else []
@@ -438,6 +442,9 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         )
         for w in spec.level_profiles:
             cols[f"level_profile_{w}"] = win.stat(z, o - w, o, "mean") * profile
+        at = np.minimum(o, panel.n_periods)
+        for hl in spec.ewm:
+            cols[f"ewm_mean_{hl}"] = ewm_levels(usual, hl)[z, at]
         if spec.calendar:
             target_ts = panel.ts_of(t)
             cal = calendar_table(target_ts, spec.holidays_country)
@@ -485,6 +492,25 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             ok = t < mat.shape[1]
             cols[f"cov_{c}"] = np.where(ok, mat[z, np.minimum(t, mat.shape[1] - 1)], np.nan)
         return cols
+
+
+def ewm_levels(values: FloatArray, halflife: int) -> FloatArray:
+    """(Z, n + 1): each zone's exponentially weighted mean of its known periods before each
+    period index (column ``o`` reads only periods ``< o``); unknown periods (before the zone's
+    first, holiday breaks left out of the levels) carry the previous state; NaN until the
+    zone's first known period."""
+    alpha = 1.0 - 0.5 ** (1.0 / halflife)
+    out = np.full((values.shape[0], values.shape[1] + 1), np.nan)
+    state = out[:, 0].copy()
+    for j in range(values.shape[1]):
+        x = values[:, j]
+        known = np.isfinite(x)
+        started = np.isfinite(state)
+        state = np.where(
+            known, np.where(started, state + alpha * (np.where(known, x, 0.0) - state), x), state
+        )
+        out[:, j + 1] = state
+    return out
 
 
 def city_total(values: FloatArray) -> FloatArray:

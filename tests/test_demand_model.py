@@ -94,14 +94,25 @@ def test_feature_names_are_derived_from_the_spec() -> None:
         rolling=(("mean", 3), ("std", 7)),
         seasonal=((7, 2),),
         level_profiles=(7,),
+        ewm=(3,),
         calendar=("weekday", "holiday"),
         total_ratios=((1, 7),),
         covariates=("promo",),
     )
     assert spec.feature_names() == [
         "horizon", "lag_1", "lag_7", "roll_mean_3", "roll_std_7", "seas_mean_7x2",
-        "level_profile_7", "weekday", "holiday", "zone", "zone_mean", "zone_profile",
-        "zero_run", "total_ratio_1_7", "cov_promo",
+        "level_profile_7", "ewm_mean_3", "weekday", "holiday", "zone", "zone_mean",
+        "zone_profile", "zero_run", "total_ratio_1_7", "cov_promo",
+    ]  # fmt: skip
+
+
+def test_default_daily_names_are_pinned() -> None:
+    assert DemandFeatureSpec.daily("CN").feature_names() == [
+        "horizon", "lag_1", "lag_2", "lag_7", "lag_14", "roll_mean_1", "roll_mean_3",
+        "roll_mean_7", "roll_mean_14", "roll_mean_28", "roll_mean_56", "roll_std_28",
+        "seas_mean_7x1", "seas_mean_7x4", "seas_mean_7x8", "level_profile_14", "level_profile_28",
+        "ewm_mean_5", "weekday", "holiday", "day_off", "days_after_holiday", "zone", "zone_mean",
+        "zone_profile", "zero_run", "total_ratio_1_7", "total_ratio_7_28", "total_ratio_28_56",
     ]  # fmt: skip
 
 
@@ -162,6 +173,7 @@ def test_lag_matrix_from_arange() -> None:
         rolling=(("mean", 3),),
         seasonal=((7, 2),),
         level_profiles=(),
+        ewm=(),
         calendar=(),
         zone=False,
         zero_run=False,
@@ -181,6 +193,23 @@ def test_lag_matrix_from_arange() -> None:
     np.testing.assert_array_equal(X, expected.astype(np.float32))
 
 
+def test_ewm_level_by_hand() -> None:
+    # half-life 1: each known period moves the level half-way; zone b starts late, and the
+    # unknown periods from ``end`` on carry the last level
+    table = pd.concat([daily_table({"a": [4, 0, 2, 2]}), daily_table({"b": [8]}, "2024-01-03")])
+    panel = DemandPanel.from_table(table, "d", end="2024-01-04")
+    spec = DemandFeatureSpec.daily(
+        lags=(), rolling=(), seasonal=(), level_profiles=(), ewm=(1,), calendar=(),
+        zone=False, zero_run=False, total_ratios=(),
+    )  # fmt: skip
+    q = make_queries(panel, pd.date_range("2024-01-02", "2024-01-05"), 1)
+    X = DemandFeaturizer(spec).fit(table).transform(panel, q)
+    # origin index 1: a's level after [4] is 4; index 2: after [4, 0] is 2; index 3: after
+    # [4, 0, 2] is 2, b's after [8] is 8; index 4: day 3 is unknown, levels stay
+    assert panel.zones[q.zone].tolist() == ["a", "a", "a", "b", "a", "b"]
+    assert X[:, 1].tolist() == [4, 2, 2, 8, 2, 8]
+
+
 def test_seasonal_mean_skips_seasons_after_the_origin() -> None:
     table = daily_table({"a": list(np.arange(30.0))})
     spec = DemandFeatureSpec.daily(
@@ -188,6 +217,7 @@ def test_seasonal_mean_skips_seasons_after_the_origin() -> None:
         rolling=(),
         seasonal=((7, 1),),
         level_profiles=(),
+        ewm=(),
         calendar=(),
         zone=False,
         zero_run=False,
@@ -202,7 +232,7 @@ def test_seasonal_mean_skips_seasons_after_the_origin() -> None:
 
 def test_features_never_see_periods_after_the_origin() -> None:
     table = synthetic("h", zones=3, days=40, seed=1)
-    spec = DemandFeatureSpec.hourly("CN")
+    spec = DemandFeatureSpec.hourly("CN", ewm=(24,))
     featurizer = DemandFeaturizer(spec).fit(table)
     origin = pd.Timestamp("2024-02-05 12:00")
     before = DemandPanel.from_table(table, "h")

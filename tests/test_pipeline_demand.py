@@ -33,7 +33,7 @@ TINY_H = DemandTrainConfig(
 )  # fmt: skip
 TINY_D = DemandTrainConfig(
     booster=BoosterParams(n_estimators=40, num_leaves=7, min_child_samples=10, early_stopping_rounds=10),
-    calib_days=7, valid_days=5, level_feature="level_profile_14",
+    calib_days=7, valid_days=5, level_feature="ewm_mean_5",
 )  # fmt: skip
 TINY = DemandConfig(hourly=TINY_H, daily=TINY_D, gate_coverage_tolerance=0.25)  # ~100 points
 
@@ -63,7 +63,7 @@ def test_config_keeps_each_frequencys_defaults(tmp_path: Path) -> None:
     assert config.hourly.level_feature == "level_profile_672"  # the hourly default survives
     assert config.hourly.booster.min_child_samples == DemandTrainConfig().booster.min_child_samples
     assert config.daily.valid_days == 3 and config.daily.calib_days == 14
-    assert config.daily.level_feature == "level_profile_14"
+    assert config.daily.level_feature == "ewm_mean_5"
     path.write_text("daily:\n  calib_dayz: 3\n")
     with pytest.raises(ValueError, match=re.escape("unknown config key(s) ['calib_dayz']")):
         load_demand_config(path)
@@ -119,7 +119,7 @@ def test_train_register_gate_load_back_and_roll_back(
     assert "h.day_ahead.baseline.seasonal_naive.mae" in metrics
     assert "h.intraday.by_horizon.3.mae" in metrics
     assert "d.week_ahead.total.coverage_p10_p90" in metrics
-    assert run.data.params["daily.level_feature"] == "level_profile_14"
+    assert run.data.params["daily.level_feature"] == "ewm_mean_5"
     artifacts = {a.path for a in client.list_artifacts(second.run_id, "plots")}
     assert artifacts == {
         "plots/forecast_bands.png",
