@@ -8,8 +8,9 @@ columns are ``feature_names(mode)``. Training and serving call the same ``transf
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -186,10 +187,12 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         pseudo_key = np.where(np.isfinite(habit_clock), habit_clock, clock + 10.0 * dist)
         rank_key = np.where(np.isfinite(habit_rank), habit_rank, 2.0 + dist)
         pseudo_r = segment_rank(q, rank_key)
-        pseudo_r_path = _path_along(q, pseudo_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        along_r = _sorted_along(q, pseudo_r)
+        pseudo_r_path = _path_along(q, pseudo_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng, along_r)
         pseudo = segment_rank(q, pseudo_key)
         pseudo_path = _path_along(q, pseudo, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         nn = nn_tour(q, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        along_nn = _sorted_along(q, nn)
         cost = np.where(
             has_aoi & (ca.n > 0), ca.ratio("gap_next", "n_gap"), aoi.ratio("gap_next", "n_gap")
         )
@@ -200,10 +203,11 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             last_aoi.ratio("gap_next", "n_gap"),
         )
         last_cost = np.where(np.isfinite(last_cost), last_cost, 0.0)[q]
-        nn_path = _path_along(q, nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        nn_path = _path_along(q, nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng, along_nn)
         min_per_switch = courier.ratio("active_min", "switches")
-        nn_sw = _switches_along(q, nn, b.t_aoi, b.q_last_aoi)
-        pseudo_sw = _switches_along(q, pseudo_r, b.t_aoi, b.q_last_aoi)
+        areas = _Areas.of(b)
+        nn_sw = _switches_along(q, nn, b.t_aoi, b.q_last_aoi, along_nn, areas)
+        pseudo_sw = _switches_along(q, pseudo_r, b.t_aoi, b.q_last_aoi, along_r, areas)
         cen_lat = np.bincount(q, b.t_lat, b.n_queries) / np.maximum(n_rem, 1)
         cen_lng = np.bincount(q, b.t_lng, b.n_queries) / np.maximum(n_rem, 1)
         same_aoi = _count_same(q, b.t_aoi) - 1.0
@@ -260,9 +264,10 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "ready_rank_frac": segment_rank(q, -np.nan_to_num(b.t_ready_min)) / n_rem[q],
             "courier_end_delta": courier.mean("end_clock")[q] - clock,
             "stop_cost_min": cost,
-            "nn_cost_sum_min": _cumsum_before(q, nn, cost) + last_cost,
-            "pseudo_cost_sum_min": _cumsum_before(q, pseudo_r, cost) + last_cost,
+            "nn_cost_sum_min": _cumsum_before(q, nn, cost, along_nn) + last_cost,
+            "pseudo_cost_sum_min": _cumsum_before(q, pseudo_r, cost, along_r) + last_cost,
             "_cost": cost,
+            "_areas": areas,  # type: ignore[dict-item]
             "_last_cost": last_cost,
             "nn_switches": nn_sw,
             "nn_switch_est_min": nn_sw * min_per_switch[q],
@@ -275,7 +280,9 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
     def _ordered(self, b: QueryBatch, cols: dict[str, FloatArray]) -> dict[str, FloatArray]:
         q = b.t_query
         seq = b.t_seq.astype(np.float64)
-        path = _path_along(q, b.t_seq, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        along = _sorted_along(q, b.t_seq)
+        path = _path_along(q, b.t_seq, b.q_lat, b.q_lng, b.t_lat, b.t_lng, along)
+        areas: _Areas = cols["_areas"]  # type: ignore[assignment]
         return {
             "seq": seq,
             "seq_frac": seq / cols["n_remaining"],
@@ -283,9 +290,12 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "path_est_min": path / cols["_km_per_min"],
             "seq_est_min": (seq + 1.0) * cols["_min_per_stop"],
             "planned_min": b.t_planned_min,
-            "seq_switches": (sw := _switches_along(q, b.t_seq, b.t_aoi, b.q_last_aoi)),
+            "seq_switches": (
+                sw := _switches_along(q, b.t_seq, b.t_aoi, b.q_last_aoi, along, areas)
+            ),
             "seq_switch_est_min": sw * cols["courier_min_per_switch"],
-            "seq_cost_sum_min": _cumsum_before(q, b.t_seq, cols["_cost"]) + cols["_last_cost"],
+            "seq_cost_sum_min": _cumsum_before(q, b.t_seq, cols["_cost"], along)
+            + cols["_last_cost"],
         }
 
 
@@ -350,13 +360,37 @@ def _nn_tour_few(
         pair = np.nan_to_num(haversine_km(la[:, None], lo[:, None], la[None, :], lo[None, :]))
         dist = np.nan_to_num(haversine_km(q_lat[qi : qi + 1], q_lng[qi : qi + 1], la, lo))
         local = np.full(b - a, -1, dtype=np.int64)
+        # +inf on visited stops: adding 0.0 leaves an open stop's distance exactly as it is
+        visited = np.zeros(b - a)
         for step in range(b - a):
-            dist = np.where(local < 0, dist, np.inf)
             j = int(np.argmin(dist))
             local[j] = step
-            dist = pair[j]
+            visited[j] = np.inf
+            dist = pair[j] + visited
         seq[a:b] = local
     return seq
+
+
+class _Along(NamedTuple):
+    """The order that sorts targets by (query, seq), the sorted queries, and segment starts:
+    computed once per sequence and shared by the path, switch and cost features along it."""
+
+    order: npt.NDArray[np.int64]
+    g: npt.NDArray[np.int64]
+    first: npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class _Areas:
+    """The batch's area ids as strings, converted once for every switch count."""
+
+    targets: npt.NDArray[np.str_]
+    last: npt.NDArray[np.str_]
+    unknown: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, b: QueryBatch) -> _Areas:
+        return cls(b.t_aoi.astype(str), b.q_last_aoi.astype(str), b.t_aoi == "")
 
 
 def _switches_along(
@@ -364,34 +398,39 @@ def _switches_along(
     seq: npt.NDArray[np.int64],
     aoi: npt.NDArray[np.object_],
     q_last_aoi: npt.NDArray[np.object_],
+    along: _Along | None = None,
+    areas: _Areas | None = None,
 ) -> FloatArray:
     """Area changes from the current area up to and including each target along ``seq``.
 
     NaN where areas are unknown: the count means nothing without them.
     """
-    order, g, first = _sorted_along(group, seq)
-    a = aoi[order].astype(str)
-    prev = np.where(first, q_last_aoi[g].astype(str), np.concatenate(([""], a[:-1])))
+    order, g, first = along if along is not None else _sorted_along(group, seq)
+    if areas is None:
+        areas = _Areas(aoi.astype(str), q_last_aoi.astype(str), aoi == "")
+    a = areas.targets[order]
+    prev = np.where(first, areas.last[g], np.concatenate(([""], a[:-1])))
     out = _unsort(order, _running_sum((a != prev).astype(np.float64), first))
-    return np.where(aoi == "", np.nan, out)
+    return np.where(areas.unknown, np.nan, out)
 
 
 def _cumsum_before(
-    group: npt.NDArray[np.int64], seq: npt.NDArray[np.int64], values: FloatArray
+    group: npt.NDArray[np.int64],
+    seq: npt.NDArray[np.int64],
+    values: FloatArray,
+    along: _Along | None = None,
 ) -> FloatArray:
     """Sum of ``values`` of the targets before each one along ``seq`` (trees cannot add rows)."""
-    order, _, first = _sorted_along(group, seq)
+    order, _, first = along if along is not None else _sorted_along(group, seq)
     v = values[order]
     return _unsort(order, _running_sum(v, first) - v)
 
 
-def _sorted_along(
-    group: npt.NDArray[np.int64], seq: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+def _sorted_along(group: npt.NDArray[np.int64], seq: npt.NDArray[np.int64]) -> _Along:
     """The order that sorts targets by (query, seq), the sorted queries, and segment starts."""
     order = np.lexsort((seq, group))
     g = group[order]
-    return order, g, np.concatenate(([True], g[1:] != g[:-1]))
+    return _Along(order, g, np.concatenate(([True], g[1:] != g[:-1])))
 
 
 def _running_sum(steps: FloatArray, first: npt.NDArray[np.bool_]) -> FloatArray:
@@ -425,9 +464,26 @@ def _clock_of(epoch_min: FloatArray, like: pd.Series) -> FloatArray:
     return local_clock_min(ts)
 
 
+_FEW_VALUES = 4096  # up to this many targets, categories are coded and counted in dicts
+_CODE_MAPS: dict[int, tuple[pd.Index, dict[str, float]]] = {}  # id -> (vocabulary, codes)
+
+
+def _code_map(vocab: pd.Index) -> dict[str, float]:
+    """Category -> code of a fitted vocabulary, built once per vocabulary (the cache holds the
+    vocabulary itself, so an id is never reused while its entry lives)."""
+    hit = _CODE_MAPS.get(id(vocab))
+    if hit is not None and hit[0] is vocab:
+        return hit[1]
+    if len(_CODE_MAPS) > 64:  # many fits in one process (tuning): forget the old ones
+        _CODE_MAPS.clear()
+    code_of = {str(v): float(i) for i, v in enumerate(vocab)}
+    _CODE_MAPS[id(vocab)] = (vocab, code_of)
+    return code_of
+
+
 def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
-    if len(values) <= 4096:  # a service request: a dict beats building a pandas index
-        code_of = {str(v): float(i) for i, v in enumerate(vocab)}
+    if len(values) <= _FEW_VALUES:  # a service request: a dict beats building a pandas index
+        code_of = _code_map(vocab)
         codes = np.fromiter((code_of.get(str(v), -1.0) for v in values), np.float64, len(values))
     else:
         codes = vocab.get_indexer(values.astype(str)).astype(np.float64)
@@ -437,6 +493,10 @@ def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
 
 def _count_same(group: npt.NDArray[np.int64], values: npt.NDArray[np.object_]) -> FloatArray:
     """How many targets of the same query share each target's value."""
+    if len(values) <= _FEW_VALUES:  # a service request: counting in a dict beats factorising
+        keys = list(zip(group.tolist(), [str(v) for v in values.tolist()], strict=True))
+        tally = Counter(keys)
+        return np.fromiter((tally[k] for k in keys), np.float64, len(keys))
     codes, uniques = pd.factorize(values.astype(str))
     _, key, counts = np.unique(
         group.astype(np.int64) * (len(uniques) + 1) + codes, return_inverse=True, return_counts=True
@@ -451,9 +511,10 @@ def _path_along(
     q_lng: FloatArray,
     lat: FloatArray,
     lng: FloatArray,
+    along: _Along | None = None,
 ) -> FloatArray:
     """Km from the query position through the targets in ``seq`` order up to each target."""
-    order, g, first = _sorted_along(group, seq)
+    order, g, first = along if along is not None else _sorted_along(group, seq)
     la, lo = lat[order], lng[order]
     prev_lat = np.where(first, q_lat[g], np.concatenate(([np.nan], la[:-1])))
     prev_lng = np.where(first, q_lng[g], np.concatenate(([np.nan], lo[:-1])))

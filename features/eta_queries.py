@@ -11,14 +11,16 @@ The service builds the same ``QueryBatch`` from a request, so both paths share o
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from features import schema as s
 from features.geo import haversine_km
-from features.profiles import local_clock_min, local_day
+
+if TYPE_CHECKING:  # pandas and the profiles build training queries; a request needs neither
+    import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -93,6 +95,10 @@ def queries_from_deliveries(
 
     The visit order is (arrival_time, stop_id); the ordered mode's sequence is that order.
     """
+    import pandas as pd
+
+    from features.profiles import local_clock_min, local_day
+
     d = deliveries.sort_values([s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable")
     d = d[d.groupby(s.ROUTE_ID, sort=False)[s.STOP_ID].transform("size") >= MIN_ROUTE_STOPS]
     d = d.reset_index(drop=True)
@@ -193,6 +199,8 @@ def _aoi_done(
     pair_row: IntArray,
 ) -> FloatArray:
     """For each pair, stops of the target's area already delivered on the route by the query."""
+    import pandas as pd
+
     key = pd.factorize(pd.Series(route_codes.astype(str)) + "|" + pd.Series(aoi.astype(str)))[0]
     span = int(pos_in_route.max()) + 2
     composite = np.sort(key.astype(np.int64) * span + pos_in_route)

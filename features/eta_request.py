@@ -10,15 +10,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import pandas as pd
 
 from features import schema as s
 from features.eta_queries import QueryBatch
 from features.geo import haversine_km
-from features.zones import cell_of
+
+if TYPE_CHECKING:  # only the historical requests (examples, parity tests) need pandas
+    import pandas as pd
 
 _EPOCH_DAY = dt.date(1970, 1, 1)
 
@@ -65,10 +67,13 @@ class ZoneResolver:
     """Zone ids for stops that do not bring one: H3 cells at the model's resolution."""
 
     def __init__(self, resolution: int = s.DEFAULT_H3_RESOLUTION) -> None:
+        from features.zones import cell_of  # H3 (and pandas): loaded where requests are served
+
         self.resolution = resolution
+        self._cell_of = cell_of
 
     def __call__(self, lat: float, lng: float) -> str:
-        return cell_of(lat, lng, self.resolution)
+        return self._cell_of(lat, lng, self.resolution)
 
 
 def _nan(x: float | None) -> float:
@@ -170,6 +175,8 @@ def requests_from_deliveries(
     Built independently of ``queries_from_deliveries`` (a plain loop over routes) so a parity
     test can show both paths give the same features. Labels are not part of a request.
     """
+    import pandas as pd
+
     out: list[RouteQuery] = []
     d = deliveries.sort_values([s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable")
     for route_id, r in d.groupby(s.ROUTE_ID, sort=False):
@@ -244,4 +251,6 @@ def requests_from_deliveries(
 
 
 def _opt(value: object) -> str | None:
+    import pandas as pd
+
     return None if value is None or pd.isna(value) or str(value) == "" else str(value)

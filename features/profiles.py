@@ -13,6 +13,7 @@ prior weight of ``prior`` events.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,7 @@ class ProfileLookup:
 
 
 _FEW_KEYS = 2048
+_CACHES = ("_code_of", "_pooled_of")  # built lazily by lookups, dropped when pickled
 
 
 class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
@@ -84,7 +86,8 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
         daily = partials.groupby([KEY, DAY], sort=True)[[COUNT, *stats]].sum()
         keys = daily.index.get_level_values(KEY).astype(str)
         self.keys_ = pd.Index(pd.unique(np.asarray(keys)))
-        self.__dict__.pop("_code_of", None)  # the lookup cache of an earlier fit
+        for cache in _CACHES:  # the lookup caches of an earlier fit
+            self.__dict__.pop(cache, None)
         codes = self.keys_.get_indexer(keys).astype(np.int64)
         days = daily.index.get_level_values(DAY).to_numpy(dtype=np.int64)
         values = daily.to_numpy(dtype=np.float64)
@@ -105,7 +108,7 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
         """Statistics as of the start of each row's day (events on that day are excluded)."""
         if "cum_" not in self.__dict__:  # sklearn's check_is_fitted costs more than a lookup
             check_is_fitted(self, "cum_")
-        keys = np.asarray(keys, dtype=object).astype(str)
+        keys = np.asarray(keys, dtype=object)
         days = np.asarray(days, dtype=np.int64)
         codes = self._codes(keys)
         pos = np.searchsorted(self.composite_, codes * _DAY_SPAN + days, side="left") - 1
@@ -113,29 +116,51 @@ class PointInTimeProfile(BaseEstimator):  # type: ignore[misc]
         hit[hit] &= self.composite_[pos[hit]] // _DAY_SPAN == codes[hit]
         own = np.zeros((len(keys), self.cum_.shape[1]))
         own[hit] = self.cum_[pos[hit]]
+        n = own[:, 0]
+        weight = n + self.prior
+        shrunk = own[:, 1:] + self.prior * self._pooled_mean(days)[:, 1:]
+        sums = {stat: shrunk[:, i] for i, stat in enumerate(self.stats)}
+        return ProfileLookup(n=n, sums=sums, weight=weight)
 
+    def _pooled_mean(self, days: IntArray) -> FloatArray:
+        """Per row, the pooled means as of its day. A service request asks about one day: its
+        row is computed once per day and kept (the same numbers, broadcast)."""
+        if len(days) and len(days) <= _FEW_KEYS and days.min() == days.max():
+            cache = self.__dict__.setdefault("_pooled_of", {})
+            row = cache.get(int(days[0]))
+            if row is None:
+                if len(cache) > 1024:
+                    cache.clear()
+                row = cache[int(days[0])] = self._pooled_rows(days[:1])
+            return np.broadcast_to(row, (len(days), row.shape[1]))
+        return self._pooled_rows(days)
+
+    def _pooled_rows(self, days: IntArray) -> FloatArray:
         gpos = np.searchsorted(self.pooled_days_, days, side="left") - 1
         pooled = np.where((gpos >= 0)[:, None], self.pooled_cum_[np.maximum(gpos, 0)], np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
-            pooled_mean = pooled / pooled[:, :1]
-        n = own[:, 0]
-        weight = n + self.prior
-        sums = {
-            stat: own[:, i + 1] + self.prior * pooled_mean[:, i + 1]
-            for i, stat in enumerate(self.stats)
-        }
-        return ProfileLookup(n=n, sums=sums, weight=weight)
+            return np.asarray(pooled / pooled[:, :1])
 
-    def _codes(self, keys: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
+    def _codes(self, keys: npt.NDArray[np.object_]) -> npt.NDArray[np.int64]:
         """Row codes of ``keys`` (-1: unknown). A service request has a few dozen keys: a dict
         answers them in microseconds, where building a pandas index costs a millisecond."""
         if len(keys) > _FEW_KEYS:
-            return self.keys_.get_indexer(keys).astype(np.int64)
+            return self.keys_.get_indexer(keys.astype(str)).astype(np.int64)
         mapping = self.__dict__.get("_code_of")
         if mapping is None:
             mapping = {str(k): i for i, k in enumerate(self.keys_)}
             self.__dict__["_code_of"] = mapping
-        return np.fromiter((mapping.get(k, -1) for k in keys.tolist()), np.int64, len(keys))
+        return np.fromiter(
+            (mapping.get(k if k.__class__ is str else str(k), -1) for k in keys.tolist()),
+            np.int64,
+            len(keys),
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        for cache in _CACHES:  # rebuilt on first use; not part of the fitted state
+            state.pop(cache, None)
+        return state
 
     def as_of_end(self) -> int:
         """A day after every fitted day: lookups there see the whole training window."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where frames are built: the service's arbiter needs only names
+    import pandas as pd
 
 Kind = Literal["string", "float", "int", "timestamp", "category"]
 
@@ -144,6 +145,8 @@ _PANDAS_DTYPES: dict[Kind, str] = {
 
 def pandas_dtype(column: Column, tz: str | None = None) -> str | pd.DatetimeTZDtype:
     """The pandas dtype a column has after ingestion (timestamps carry ``tz``)."""
+    import pandas as pd
+
     if column.kind == "timestamp" and tz is not None:
         return pd.DatetimeTZDtype(unit=DATETIME_DTYPE_UNIT, tz=tz)
     return _PANDAS_DTYPES[column.kind]
@@ -151,6 +154,8 @@ def pandas_dtype(column: Column, tz: str | None = None) -> str | pd.DatetimeTZDt
 
 def empty_deliveries(tz: str = DEFAULT_TZ) -> pd.DataFrame:
     """A zero-row deliveries frame with every contract column at its final dtype."""
+    import pandas as pd
+
     return pd.DataFrame(
         {c.name: pd.Series(dtype=pandas_dtype(c, tz)) for c in DELIVERIES}  # type: ignore[call-overload]
     )

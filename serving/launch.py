@@ -4,18 +4,28 @@ aliases once per server.
 Every worker process loads its models itself. ``resolve_aliases`` runs once, in BentoML's
 arbiter before any worker starts (the service's ``on_deployment`` hook), and hands the workers
 the exact versions (``models:/doorstep-eta/7``): a promotion during start-up cannot leave two
-workers serving different champions. The CLI itself imports nothing heavy, so start-up pays
-for MLflow's import once per process that needs it, not once more in the launcher.
+workers serving different champions. The arbiter also copies each pinned version into a local
+cache (``$DOORSTEP_MODEL_CACHE``, default ``~/.cache/doorstep/models``; once per version, as a
+registered version never changes) with its ``model-info.json``, and the workers load that
+copy: they never import MLflow, which is seconds of start-up on a small machine. A version
+that cannot be copied is loaded by the workers from the registry, as before. The CLI itself
+imports nothing heavy, so start-up pays for MLflow's import once, in the arbiter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from serving.config import (
     ENV_DELIVERIES,
@@ -27,6 +37,9 @@ from serving.config import (
 )
 
 SERVICE = "serving.service:Doorstep"
+ENV_MODEL_CACHE = "DOORSTEP_MODEL_CACHE"
+
+log = logging.getLogger("doorstep.serving")
 
 
 @dataclass(frozen=True)
@@ -38,14 +51,56 @@ class Resolved:
     missing: dict[str, str]
 
 
-def resolve_aliases(config: ServingConfig) -> Resolved:
+def model_cache_dir() -> Path:
+    """``$DOORSTEP_MODEL_CACHE`` or ``~/.cache/doorstep/models``."""
+    default = Path.home() / ".cache" / "doorstep" / "models"
+    return Path(os.environ.get(ENV_MODEL_CACHE, default))
+
+
+def cache_model(client: Any, config: ServingConfig, name: str, uri: str, kind: str) -> Path:
+    """A local copy of the registered version ``uri`` (``models:/name/7``) with the
+    ``model-info.json`` the workers report, made once per (registry, version, run)."""
     import mlflow
-    from mlflow import MlflowClient
+
+    from serving.loader import PACKED_INFO, _metrics, _resolve
+
+    fetch, version, alias, run_id = _resolve(client, uri)
+    tag = f"{config.tracking_uri}|{name}|{version}|{run_id}|{fetch}"
+    target = model_cache_dir() / f"{kind}-{hashlib.sha256(tag.encode()).hexdigest()[:20]}"
+    if (target / PACKED_INFO).is_file():
+        return target
+    # the bundle is not unpickled here: the workers check its feature set when they load it
+    info = {
+        "name": name,
+        "version": version,
+        "alias": alias,
+        "source": fetch,
+        "run_id": run_id,
+        "metrics": _metrics(client, run_id),
+    }
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=fetch, dst_path=str(tmp)))
+        if not (local / "MLmodel").is_file():
+            raise ValueError(f"{fetch}: no MLmodel file in the downloaded model")
+        (local / PACKED_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        with contextlib.suppress(OSError):  # OSError: another server cached it meanwhile
+            local.rename(target)  # atomic: a worker never sees half a copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_aliases(config: ServingConfig, cache: bool = False) -> Resolved:
+    """Aliases -> exact versions; with ``cache``, each version is also copied locally and the
+    workers are pointed at the copy (falling back to the registry URI if copying fails)."""
     from mlflow.exceptions import MlflowException
 
-    if config.tracking_uri:
-        mlflow.set_tracking_uri(config.tracking_uri)
-    client = MlflowClient()
+    from serving.loader import registry_client
+
+    client = registry_client(config)
     env: dict[str, str] = {}
     versions: dict[str, str] = {}
     missing: dict[str, str] = {}
@@ -70,6 +125,11 @@ def resolve_aliases(config: ServingConfig) -> Resolved:
             continue
         env[var] = f"models:/{name}/{mv.version}"
         versions[kind] = f"{name} version {mv.version} (@{alias})"
+        if cache:
+            try:
+                env[var] = str(cache_model(client, config, name, env[var], kind))
+            except (MlflowException, OSError, ValueError, TypeError) as exc:
+                log.warning("%s: no local copy (%s); workers load it from the registry", kind, exc)
     return Resolved(env, versions, missing)
 
 
@@ -104,7 +164,7 @@ def pin_models_for_workers() -> Resolved:
     """Resolve the aliases now and export the pinned URIs for the workers about to start."""
     from serving.config import load_serving_config
 
-    resolved = resolve_aliases(load_serving_config())
+    resolved = resolve_aliases(load_serving_config(), cache=True)
     os.environ.update(resolved.env)
     return resolved
 

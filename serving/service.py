@@ -10,24 +10,29 @@ runs in a one-thread pool), no adaptive batching (a route is already a batch; Be
 answered 503s under load), LightGBM on one thread per request with one worker per core, the
 request timer cancelled when a response starts, and ``gc.freeze()`` after the models load so
 the collector never walks the trees' objects again.
+
+Start-up: BentoML's arbiter imports this module only to read the service's definition, so the
+model code (LightGBM, scikit-learn, the feature and demand code, the planner's page) is
+imported by the workers, in ``__init__`` and the page's start-up, not here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import bentoml
+from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from doorstep.fast_trees import AccelerationReport, accelerate
 from serving.asgi import ApiKeyMiddleware, model_info_app, patch_timeout_timer
 from serving.config import load_serving_config
-from serving.demand import DemandEngine, DemandStore, StoreUnavailable
-from serving.eta import EtaEngine, ModelUnavailable
-from serving.loader import load_models
 from serving.schemas import (
     DemandRequest,
     DemandResponse,
@@ -38,7 +43,10 @@ from serving.schemas import (
     MatrixRequest,
     MatrixResponse,
 )
-from serving.ui import ui_app
+
+if TYPE_CHECKING:
+    from serving.demand import DemandEngine
+    from serving.eta import EtaEngine
 
 log = logging.getLogger("doorstep.serving")
 # read at import for the decorator's worker count only; each instance re-reads its config
@@ -64,6 +72,45 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class DeferredApp(Starlette):  # type: ignore[misc]
+    """A mounted Starlette app built when it first runs: at a worker's start-up (BentoML
+    enters a mounted Starlette app's lifespan there), never in the arbiter."""
+
+    def __init__(self, build: Callable[[], Starlette]) -> None:
+        self._build = build
+        self._app: Starlette | None = None
+        super().__init__(lifespan=self._lifespan)
+
+    def inner(self) -> Starlette:
+        if self._app is None:
+            self._app = self._build()
+        return self._app
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """The built app's routes: BentoML's mount matches a Starlette app's paths on them."""
+        return list(self.inner().routes)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        app = self.inner()
+        async with app.router.lifespan_context(app):
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        app: ASGIApp = self.inner()
+        await app(scope, receive, send)
+
+
+def _ui() -> Starlette:
+    from serving.ui import ui_app
+
+    return ui_app(lambda: _STATE.get("service"))
+
+
 @bentoml.service(
     name="doorstep",
     workers=CONFIG.workers or "cpu_count",
@@ -71,7 +118,7 @@ def _error(status: int, message: str) -> JSONResponse:
     metrics={"enabled": True},
 )
 @bentoml.asgi_app(model_info_app(_model_info), path="/v1")
-@bentoml.asgi_app(ui_app(lambda: _STATE.get("service")), path="/ui")
+@bentoml.asgi_app(DeferredApp(_ui), path="/ui")
 class Doorstep:
     """Per-stop ETAs with calibrated windows, travel-time matrices, and zone demand."""
 
@@ -91,6 +138,11 @@ class Doorstep:
             log.warning("%s not served: %s", kind, why)
 
     def __init__(self) -> None:
+        from doorstep.fast_trees import AccelerationReport, accelerate
+        from serving.demand import DemandEngine, DemandStore, StoreUnavailable
+        from serving.eta import EtaEngine
+        from serving.loader import load_models
+
         self.config = load_serving_config()
         models = load_models(self.config)
         self.errors = dict(models.errors)
@@ -172,6 +224,8 @@ class Doorstep:
         leg model's matrix for routing solvers (0 on the diagonal of identical points)."""
         if self.eta_engine is None:
             return _error(503, f"ETA model not loaded: {self.errors.get('eta')}")  # type: ignore[return-value]
+        from serving.eta import ModelUnavailable
+
         try:
             return self.eta_engine.matrix(request)
         except ModelUnavailable as exc:
@@ -183,6 +237,8 @@ class Doorstep:
         and the next days (daily), P10/P50/P90, with the city totals."""
         if self.demand_engine is None:
             return _error(503, f"demand model not loaded: {self.errors.get('demand')}")  # type: ignore[return-value]
+        from serving.demand import StoreUnavailable
+
         try:
             return self.demand_engine.forecast(request)
         except StoreUnavailable as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,3 +166,45 @@ def test_one_request_at_a_time_gives_the_training_features(deliveries: pd.DataFr
             np.testing.assert_array_equal(
                 featurizer.transform(one, mode), X_all[starts[i] : starts[i + 1]]
             )
+
+
+def test_small_batch_paths_give_what_the_vectorised_paths_give(
+    deliveries: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service request takes the small-batch paths (dict coding and counting, one pooled row
+    per day, per-query tours); the training batch takes the vectorised ones. Forcing every
+    batch through each set of paths must give the same numbers, to the bit."""
+    from features import eta_features as ef
+    from features import profiles
+
+    featurizer = EtaFeaturizer().fit(deliveries)
+    requests = requests_from_deliveries(deliveries)
+    batches = [
+        queries_from_deliveries(deliveries),
+        build_batch(requests, featurizer.tz_, ZoneResolver()),
+        build_batch(requests[5:6], featurizer.tz_, ZoneResolver()),
+    ]
+
+    def features(limit: int) -> list[np.ndarray]:
+        with monkeypatch.context() as mp:
+            mp.setattr(ef, "_FEW_VALUES", limit)
+            mp.setattr(ef, "_FEW_QUERIES", limit)
+            mp.setattr(profiles, "_FEW_KEYS", limit)
+            fitted = pickle.loads(pickle.dumps(featurizer))  # no lookup caches carried over
+            return [fitted.transform(b, m) for b in batches for m in ("ordered", "unordered")]
+
+    for small, vectorised in zip(features(10**9), features(0), strict=True):
+        np.testing.assert_array_equal(small, vectorised)
+
+
+def test_lookup_caches_are_not_pickled(deliveries: pd.DataFrame) -> None:
+    featurizer = EtaFeaturizer().fit(deliveries)
+    batch = build_batch(requests_from_deliveries(deliveries)[:1], featurizer.tz_, ZoneResolver())
+    featurizer.transform(batch, "ordered")
+    assert "_pooled_of" in featurizer.aoi_.__dict__
+    again = pickle.loads(pickle.dumps(featurizer))
+    assert "_pooled_of" not in again.aoi_.__dict__
+    assert "_code_of" not in again.aoi_.__dict__
+    np.testing.assert_array_equal(
+        again.transform(batch, "ordered"), featurizer.transform(batch, "ordered")
+    )

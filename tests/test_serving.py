@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
         "DOORSTEP_ARTIFACT_ROOT": str(tmp / "artifacts"),
         "DOORSTEP_DEMAND_STORE": str(tmp / "demand_hourly.parquet"),
+        "DOORSTEP_MODEL_CACHE": str(tmp / "model-cache"),  # the launcher's local copies
     }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -335,6 +337,11 @@ def test_asgi_health_ready_info_docs(client: TestClient) -> None:
     spec = client.get("/docs.json").json()
     for route in ("/v1/eta", "/v1/eta/batch", "/v1/eta/matrix", "/v1/demand"):
         assert route in spec["paths"], route
+    # the planner's page is mounted as a deferred app (built in the worker): it still answers
+    page = client.get("/ui/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    models = client.get("/ui/api/models")
+    assert models.status_code == 200 and models.json()["models"]["eta"]["version"] == "1"
 
 
 def test_api_key_guards_the_v1_routes(client: TestClient) -> None:
@@ -415,6 +422,70 @@ def test_packed_models_load_without_the_registry(registry: dict[str, str], tmp_p
     assert models.eta_info is not None and models.eta_info.version == "1"
     assert models.demand_info is not None and models.demand_info.alias == "champion"
     assert not (tmp_path / "absent.db").exists()  # the registry was never opened
+
+
+def test_workers_load_the_pinned_versions_from_a_local_copy_without_mlflow(
+    registry: dict[str, str], tmp_path: Path
+) -> None:
+    """The arbiter pins the aliases and copies each version once into the model cache; a
+    worker then loads that copy without importing MLflow (seconds of start-up) and reports
+    the same registry coordinates as a worker that asked the registry."""
+    import subprocess
+    import sys
+
+    from serving.config import ENV_DEMAND_URI, ENV_ETA_URI, load_serving_config
+    from serving.launch import resolve_aliases
+    from serving.loader import load_models
+
+    env = {**registry, "DOORSTEP_MODEL_CACHE": str(tmp_path / "cache")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        config = load_serving_config()
+        resolved = resolve_aliases(config, cache=True)
+        again = resolve_aliases(config, cache=True)  # cached: the same copy, not a new one
+        from_registry = load_models(config)
+    assert resolved.env == again.env and set(resolved.env) == {ENV_ETA_URI, ENV_DEMAND_URI}
+    copies = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert copies == ["demand", "eta"]
+    worker = (
+        "import json, sys\n"
+        "from serving.config import load_serving_config\n"
+        "from serving.loader import load_models\n"
+        "m = load_models(load_serving_config())\n"
+        "print(json.dumps({'errors': m.errors, 'mlflow': 'mlflow' in sys.modules,\n"
+        "  'eta': m.eta_info.as_dict(), 'demand': m.demand_info.as_dict()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", worker],
+        env={**os.environ, **env, **resolved.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["errors"] == {} and out["mlflow"] is False
+    assert from_registry.eta_info is not None and from_registry.demand_info is not None
+    assert out["eta"] == json.loads(json.dumps(from_registry.eta_info.as_dict()))
+    assert out["demand"] == json.loads(json.dumps(from_registry.demand_info.as_dict()))
+
+
+def test_service_module_imports_no_model_code() -> None:
+    """BentoML's arbiter imports the service only for its definition: no pandas, LightGBM,
+    scikit-learn or MLflow there (each worker imports them once, for itself)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, json, serving.service\n"
+        "print(json.dumps(sorted(m for m in ('pandas', 'lightgbm', 'sklearn', 'mlflow', 'h3')"
+        " if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_demand_store_is_reread_when_its_file_changes(tmp_path: Path) -> None:
