@@ -77,9 +77,12 @@ def demand_tables_dask(deliveries: dd.DataFrame, freqs: tuple[str, ...]) -> dict
 def by_zone(table: dd.DataFrame | pd.DataFrame, freq: str, npartitions: int) -> dd.DataFrame:
     """A demand table with every zone's whole series in one partition (``complete_demand``
     per partition: duplicates summed, zero periods inside each zone's span filled)."""
-    if isinstance(table, pd.DataFrame):
-        table = dd.from_pandas(table, npartitions=max(1, min(npartitions, len(table))))
-    shuffled = table.shuffle(on=s.ZONE_ID, npartitions=npartitions)
+    frame: dd.DataFrame = (
+        dd.from_pandas(table, npartitions=max(1, min(npartitions, len(table))))
+        if isinstance(table, pd.DataFrame)
+        else table
+    )
+    shuffled = frame.shuffle(on=s.ZONE_ID, npartitions=npartitions)
     return shuffled.map_partitions(complete_demand, freq, meta=_table_meta())
 
 
