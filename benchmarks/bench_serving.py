@@ -7,9 +7,11 @@ travel better than milliseconds).
 
 Needs registered champions (run the main job first: ``./dev.sh demo --no-serve``). Load is
 bounded in time and stays on 127.0.0.1. The load generator shares the machine's cores with the
-server, so HTTP figures include its cost.
+server, so HTTP figures include its cost: ``wrk`` (C, one thread; ``apt-get install wrk``) is
+used when installed, else a Python httpx client that needs several times more CPU per request.
+The JSON records which one ran, and the load average (the machine may be shared).
 
-    .venv/bin/python benchmarks/bench_serving.py [--seconds 15] [--workers 2]
+    .venv/bin/python benchmarks/bench_serving.py [--seconds 15] [--workers 2 1]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,7 +154,64 @@ async def _closed_loop(
     }
 
 
-def over_http(seconds: float, workers: int) -> dict[str, Any]:
+# wrk's closed loop (each connection sends its next request when the last is answered), the
+# same as ``_closed_loop``; the summary comes back as one JSON line (latencies in us)
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("DOORSTEP_BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %.1f, "p99_us": %.1f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load_generator() -> str:
+    """``wrk`` when installed (a C client steals far less CPU from the server), else httpx."""
+    return "wrk" if shutil.which("wrk") else "httpx"
+
+
+def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        script, body_file = Path(tmp) / "post.lua", Path(tmp) / "body.json"
+        script.write_text(WRK_SCRIPT)
+        body_file.write_bytes(body)
+        argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s"]
+        done = subprocess.run(
+            [*argv, "--timeout", "30s", "-s", str(script), url],
+            env={**os.environ, "DOORSTEP_BENCH_BODY": str(body_file)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    wall = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["errors"]
+    return {
+        "requests": ok,
+        "errors": raw["errors"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "requests_per_s": ok / wall,
+    }
+
+
+def _load(
+    generator: str, url: str, body: bytes, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    if generator == "wrk":
+        return _wrk(url, body, concurrency, seconds)
+    cap = 3000 if concurrency == 1 else None
+    return asyncio.run(_closed_loop(url, body, concurrency, seconds, max_requests=cap))
+
+
+def over_http(seconds: float, workers: int, generator: str) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DOORSTEP_WORKERS": str(workers)}
@@ -185,9 +245,9 @@ def over_http(seconds: float, workers: int) -> dict[str, Any]:
             sys.exit("server not answering after 120 s")
         time.sleep(1.0)  # let every worker finish loading before timing
         url = f"{base}/v1/eta"
-        asyncio.run(_closed_loop(url, body, 16, 3.0))  # warm every worker and connection
-        c1 = asyncio.run(_closed_loop(url, body, 1, seconds, max_requests=3000))
-        c16 = asyncio.run(_closed_loop(url, body, 16, seconds))
+        _load(generator, url, body, 16, 3.0)  # warm every worker and connection
+        c1 = _load(generator, url, body, 1, seconds)
+        c16 = _load(generator, url, body, 16, seconds)
         mbody = json.dumps(_matrix_body()).encode()
         matrix = asyncio.run(_closed_loop(f"{base}/v1/eta/matrix", mbody, 1, 5.0, max_requests=50))
         rss = _tree_rss_mb(proc.pid)
@@ -199,21 +259,39 @@ def over_http(seconds: float, workers: int) -> dict[str, Any]:
             proc.kill()
     for res in (c1, c16):
         res["stops_per_s"] = res["requests_per_s"] * n_stops
-    return {"cold_start_s": cold, "c1": c1, "c16": c16, "matrix_100x100": matrix, "rss_mb": rss}
+    return {
+        "workers": workers,
+        "cold_start_s": cold,
+        "c1": c1,
+        "c16": c16,
+        "matrix_100x100": matrix,
+        "rss_mb": rss,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of each load phase")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[os.cpu_count() or 1],
+        help="worker counts to serve with; the first one's figures are the headline",
+    )
+    ap.add_argument("--generator", choices=("wrk", "httpx"), default=None, help="default: wrk")
     ap.add_argument("--n", type=int, default=500, help="in-process repetitions")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
     os.environ.setdefault("DOORSTEP_DEMAND_STORE", str(ROOT / "data" / "demand_hourly.parquet"))
 
+    generator = args.generator or load_generator()
+    load_before = os.getloadavg()
     base = in_process(args.n)
-    http = over_http(args.seconds, args.workers)
+    runs = [over_http(args.seconds, w, generator) for w in args.workers]
+    http = runs[0]
     ratio = http["c1"]["p50_ms"] / base["eta_p50_ms"]
     measured = {
         "p99_c1_ms": http["c1"]["p99_ms"],
@@ -225,9 +303,23 @@ def main() -> None:
     result = {
         "what": "50-stop ordered /v1/eta (serving/examples/eta.json), 100x100 /v1/eta/matrix",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "workers": args.workers,
+        # 1, 5 and 15 minute load averages: the machine is shared with other experiments
+        "load_average_before": load_before,
+        "load_generator": generator,
+        "workers": http["workers"],
         "in_process": base,
         "http": http,
+        "other_worker_counts": [
+            {
+                "workers": r["workers"],
+                "cold_start_s": r["cold_start_s"],
+                "c1_p99_ms": r["c1"]["p99_ms"],
+                "c16_p50_ms": r["c16"]["p50_ms"],
+                "c16_p99_ms": r["c16"]["p99_ms"],
+                "c16_requests_per_s": r["c16"]["requests_per_s"],
+            }
+            for r in runs[1:]
+        ],
         "ratios_to_in_process": {
             "c1_p50": ratio,
             "c1_p99": http["c1"]["p99_ms"] / base["eta_p99_ms"],
@@ -254,6 +346,7 @@ def main() -> None:
         ("cold start, launch to first 200 (s)", f"{http['cold_start_s']:.1f}", "-"),
         ("resident memory, all processes (MB)", f"{http['rss_mb']:.0f}" if http["rss_mb"] else "n/a", "-"),
     ]  # fmt: skip
+    print(f"load generator {generator}, {http['workers']} workers, load average {load_before}")
     print(f"{'measure':40} {'value':>22} {'ratio':>22}")
     for name, value, r in rows:
         print(f"{name:40} {value:>22} {r:>22}")
@@ -261,6 +354,8 @@ def main() -> None:
         print(
             f"target {k}: {v['measured']:.2f} <= {v['target']}: {'met' if v['met'] else 'NOT met'}"
         )
+    for r in result["other_worker_counts"]:
+        print(f"{r['workers']} workers: {r}")
     print(f"-> {args.out}")
 
 

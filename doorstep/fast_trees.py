@@ -14,7 +14,9 @@ Optional: without ``lleaves`` installed everything runs on LightGBM.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -45,6 +47,7 @@ def available() -> bool:
     return True
 
 
+@functools.cache
 def host_key() -> str:
     """The CPU the binaries are compiled for: name and feature flags of this host."""
     import llvmlite.binding as llvm
@@ -52,12 +55,46 @@ def host_key() -> str:
     return f"{llvm.get_host_cpu_name()}|{llvm.get_host_cpu_features().flatten()}"
 
 
-def _key(booster: lgb.Booster) -> str:
+def key_tag() -> str:
+    """What a binary depends on besides the trees: the CPU, lleaves' version, the flags."""
     import lleaves
 
-    text = booster.model_to_string()
-    tag = f"{host_key()}|lleaves-{getattr(lleaves, '__version__', '?')}|noinline"
-    return hashlib.sha256((tag + "\n" + text).encode()).hexdigest()[:24]
+    return f"{host_key()}|lleaves-{getattr(lleaves, '__version__', '?')}|noinline"
+
+
+def _key(booster: lgb.Booster) -> str:
+    text = booster.model_to_string()  # ~0.2 s for a 600-tree booster: see known_keys
+    return hashlib.sha256((key_tag() + "\n" + text).encode()).hexdigest()[:24]
+
+
+def read_known_keys(path: Path, fingerprint: str) -> dict[str, str]:
+    """Cache keys recorded beside an immutable model copy (``save_known_keys``) for this
+    CPU and this exact bundle file, else none. A worker then skips serialising every booster
+    to find its binary: a second or more of start-up."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    entry = raw.get(key_tag()) if isinstance(raw, dict) else None
+    if not isinstance(entry, dict) or entry.get("bundle") != fingerprint:
+        return {}
+    keys = entry.get("keys")
+    return {str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {}
+
+
+def save_known_keys(path: Path, fingerprint: str, keys: dict[str, str]) -> None:
+    try:
+        raw = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+    raw[key_tag()] = {"bundle": fingerprint, "keys": keys}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(raw, indent=1) + "\n")
+        os.replace(tmp, path)  # atomic: two workers may write at once
+    except OSError as exc:  # a read-only model copy: the keys are recomputed next time
+        log.info("could not record the tree cache keys in %s: %s", path, exc)
 
 
 @dataclass(frozen=True)
@@ -65,13 +102,14 @@ class Compiled:
     """A compiled booster: ``predict(X)`` equals ``booster.predict(X)``."""
 
     model: Any  # lleaves.Model
+    key: str = ""  # its cache key
 
     def predict(self, X: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         return np.asarray(self.model.predict(np.asarray(X, dtype=np.float64), n_jobs=1))
 
 
-def _paths(booster: lgb.Booster, directory: Path) -> tuple[Path, Path]:
-    key = _key(booster)
+def _paths(booster: lgb.Booster, directory: Path, key: str | None = None) -> tuple[Path, Path]:
+    key = key or _key(booster)
     return directory / f"{key}.so", directory / f"{key}.txt"
 
 
@@ -115,29 +153,36 @@ def compile_boosters(
 
 
 def compiled(
-    booster: lgb.Booster, directory: Path | None = None, compile_missing: bool = True
+    booster: lgb.Booster,
+    directory: Path | None = None,
+    compile_missing: bool = True,
+    key: str | None = None,
 ) -> Compiled | None:
     """The cached compiled copy of ``booster`` for this CPU; compiled now if missing and
-    ``compile_missing``, else None."""
+    ``compile_missing``, else None. ``key``: the booster's cache key if already known."""
     if not available():
         return None
     import lleaves
 
     directory = directory or cache_dir()
-    so, txt = _paths(booster, directory)
+    so, txt = _paths(booster, directory, key)
+    if key is not None and not (so.exists() and txt.exists()):
+        key = None  # a recorded key without its binary: look the trees' own key up
+        so, txt = _paths(booster, directory)
     if not so.exists():
         if not compile_missing:
             return None
         compile_boosters({"booster": booster}, directory)
     model = lleaves.Model(model_file=str(txt))
     model.compile(cache=str(so))  # loads the cached binary, compiles nothing
-    return Compiled(model)
+    return Compiled(model, so.stem)
 
 
 @dataclass
 class AccelerationReport:
     compiled: int = 0
     missing: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # booster name -> cache key used
 
     @property
     def complete(self) -> bool:
@@ -156,31 +201,40 @@ def boosters_of(bundle: Any) -> dict[str, lgb.Booster]:
 
 
 def accelerate(
-    bundle: Any, directory: Path | None = None, compile_missing: bool = False
+    bundle: Any,
+    directory: Path | None = None,
+    compile_missing: bool = False,
+    known_keys: dict[str, str] | None = None,
 ) -> AccelerationReport:
     """Attach compiled copies to an ETA bundle's boosters (``fast`` maps, never pickled).
 
-    A booster with no compiled copy keeps LightGBM; the report says which."""
+    A booster with no compiled copy keeps LightGBM; the report says which. ``known_keys``
+    (booster name -> cache key, from ``read_known_keys``) skips computing those keys; the
+    report's ``keys`` are the ones found, to record with ``save_known_keys``."""
     report = AccelerationReport()
     if not available():
         report.missing = list(boosters_of(bundle))
         return report
+    known = known_keys or {}
+    directory = directory or cache_dir()
+
+    def one(name: str, booster: lgb.Booster) -> Compiled | None:
+        c = compiled(booster, directory, compile_missing, known.get(name))
+        if c is None:
+            report.missing.append(name)
+        else:
+            report.compiled += 1
+            report.keys[name] = c.key
+        return c
+
     for mode, m in bundle.modes.items():
         fast = {}
         for q, b in m.boosters.items():
-            c = compiled(b, directory, compile_missing)
-            if c is None:
-                report.missing.append(f"eta.{mode}.p{round(q * 100):02d}")
-            else:
+            c = one(f"eta.{mode}.p{round(q * 100):02d}", b)
+            if c is not None:
                 fast[q] = c
-                report.compiled += 1
         m.fast = fast
     leg = getattr(bundle, "leg", None)
     if leg is not None:
-        c = compiled(leg.booster, directory, compile_missing)
-        leg.fast = c
-        if c is None:
-            report.missing.append("leg")
-        else:
-            report.compiled += 1
+        leg.fast = one("leg", leg.booster)
     return report

@@ -8,10 +8,13 @@ Messages name the field first (``"arrival_time: before ready_time"``) so a user 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where tables are checked: the CLI starts without pandas
+    import pandas as pd
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -33,6 +36,8 @@ class Issues:
 
     def add(self, message: str, mask: npt.ArrayLike) -> None:
         """Record ``message`` for the rows where ``mask`` is true (masks for one message OR)."""
+        import pandas as pd
+
         arr = np.asarray(mask, dtype=bool)
         if isinstance(mask, pd.Series):
             arr = mask.fillna(False).to_numpy(dtype=bool)
@@ -67,6 +72,8 @@ class Issues:
 
     def reasons(self) -> pd.Series:
         """Per row, every reason joined by ``"; "`` (empty string for a good row)."""
+        import pandas as pd
+
         out = np.full(self.n, "", dtype=object)
         for message, mask in self._masks.items():
             if not mask.any():
@@ -97,6 +104,8 @@ def flag_duplicates(
     Nobody can tell which of two conflicting rows is right, so neither is kept; an exact copy
     carries no new information, so one is kept and the rest are reported.
     """
+    import pandas as pd
+
     has_key = frame[key].notna().all(axis=1).to_numpy()
     shared = frame.duplicated(key, keep=False).to_numpy() & has_key
     if not shared.any():

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic_core import to_json
 
 from doorstep.eta_bundle import EtaBundle, EtaPrediction
-from features.eta_request import ZoneResolver, build_batch
+from features.eta_request import RouteQuery, ZoneResolver, build_batch
 from serving.loader import ModelInfo
 from serving.schemas import (
     EtaRequest,
@@ -29,6 +29,14 @@ from serving.schemas import (
 FALLBACK_COURIER = "courier_pace"  # unknown or missing courier: the city's cold-start pace
 FALLBACK_ZONE = "zone_profile"  # a stop in a zone never seen in training
 FALLBACK_VEHICLE = "vehicle"  # a vehicle type the model was not trained on
+
+
+def _route(req: EtaRequest) -> RouteQuery:
+    """The request as ``build_batch`` reads it. The request models carry every field of
+    ``CourierState`` and ``StopInput`` under the same names, so they are passed as they are:
+    copying a 50-stop route into 51 frozen dataclasses cost a tenth of a millisecond (the
+    test suite checks both give the same batch)."""
+    return RouteQuery(req.courier, req.stops)  # type: ignore[arg-type]
 
 
 class ModelUnavailable(RuntimeError):
@@ -72,7 +80,7 @@ class EtaEngine:
             idx = [i for i, r in enumerate(requests) if r.mode == mode]
             if not idx:
                 continue
-            routes = [requests[i].to_query() for i in idx]
+            routes = [_route(requests[i]) for i in idx]
             batch = build_batch(routes, self.tz, self.zones)
             pred = self.bundle.predict(batch, mode)  # type: ignore[arg-type]
             start = 0

@@ -131,10 +131,9 @@ def _load_one(client: MlflowClient, name: str, uri: str, kind: str) -> tuple[Any
     return bundle, info
 
 
-def read_local_bundle(model_dir: Path, kind: str) -> Any:
-    """The checked bundle of a logged model copied to ``model_dir``, without MLflow: the
-    ``MLmodel`` file's pyfunc flavour names the artifact file, which is unpickled and checked
-    exactly as ``load_bundle`` / ``load_demand_bundle`` do."""
+def bundle_file(model_dir: Path, kind: str) -> Path:
+    """The pickled bundle of a logged model copied to ``model_dir``: the ``MLmodel`` file's
+    pyfunc flavour names it."""
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())
     artifacts = (meta.get("flavors", {}).get("python_function", {}) or {}).get("artifacts", {})
     entry = artifacts.get(BUNDLE_ARTIFACTS[kind])
@@ -142,13 +141,28 @@ def read_local_bundle(model_dir: Path, kind: str) -> Any:
         raise ValueError(
             f"{model_dir}: not a {kind} model (no {BUNDLE_ARTIFACTS[kind]!r} artifact)"
         )
+    return model_dir / entry["path"]
+
+
+def local_model_dir(config: ServingConfig, kind: str) -> Path | None:
+    """Where ``load_models`` reads ``kind`` from when it is a local copy (packed or cached)."""
+    packed = Path(config.packed_dir) / kind if config.packed_dir else None
+    if packed is not None and packed.is_dir():
+        return packed
+    uri = config.eta_uri if kind == "eta" else config.demand_uri
+    return Path(uri) if is_local_model(uri) else None
+
+
+def read_local_bundle(model_dir: Path, kind: str) -> Any:
+    """The checked bundle of a logged model copied to ``model_dir``, without MLflow: unpickled
+    and checked exactly as ``load_bundle`` / ``load_demand_bundle`` do."""
+    path = bundle_file(model_dir, kind)
     if kind == "eta":
         from doorstep.eta_bundle import EtaBundle as expected
         from doorstep.eta_bundle import check_feature_set
     else:
         from doorstep.demand_bundle import DemandBundle as expected  # type: ignore[assignment]
         from doorstep.demand_bundle import check_feature_set  # type: ignore[assignment]
-    path = model_dir / entry["path"]
     with open(path, "rb") as fh:
         bundle = pickle.load(fh)
     if not isinstance(bundle, expected):

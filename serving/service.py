@@ -22,6 +22,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,34 @@ class DeferredApp(Starlette):  # type: ignore[misc]
         await app(scope, receive, send)
 
 
+def _accelerate(bundle: Any, config: Any) -> Any:
+    """Compiled trees for the ETA bundle. A local model copy records its boosters' cache keys
+    beside it, so later workers skip serialising every booster to find its binary."""
+    from doorstep.fast_trees import accelerate, read_known_keys, save_known_keys
+    from serving.loader import bundle_file, local_model_dir
+
+    model_dir = local_model_dir(config, "eta")
+    if model_dir is None:
+        return accelerate(bundle, compile_missing=config.compile_trees)
+    st = bundle_file(model_dir, "eta").stat()
+    fingerprint = f"{st.st_size}-{st.st_mtime_ns}"
+    keys_file = model_dir / "tree-keys.json"
+    known = read_known_keys(keys_file, fingerprint)
+    report = accelerate(bundle, compile_missing=config.compile_trees, known_keys=known)
+    if report.keys and report.keys != known:
+        save_known_keys(keys_file, fingerprint, report.keys)
+    return report
+
+
+def _read_store(store: Any) -> None:
+    from serving.demand import StoreUnavailable
+
+    try:
+        store.snapshot()
+    except StoreUnavailable as exc:
+        log.warning("%s (the /v1/demand endpoint answers 503 until it is readable)", exc)
+
+
 def _ui() -> Starlette:
     from serving.ui import ui_app
 
@@ -138,8 +167,8 @@ class Doorstep:
             log.warning("%s not served: %s", kind, why)
 
     def __init__(self) -> None:
-        from doorstep.fast_trees import AccelerationReport, accelerate
-        from serving.demand import DemandEngine, DemandStore, StoreUnavailable
+        from doorstep.fast_trees import AccelerationReport
+        from serving.demand import DemandEngine, DemandStore
         from serving.eta import EtaEngine
         from serving.loader import load_models
 
@@ -153,7 +182,7 @@ class Doorstep:
             models.eta.num_threads = 1  # one worker per core: threads would only contend
             if models.eta.leg is not None:
                 models.eta.leg.num_threads = 1
-            self.trees = accelerate(models.eta, compile_missing=self.config.compile_trees)
+            self.trees = _accelerate(models.eta, self.config)
             if not self.trees.complete:
                 log.warning(
                     "serving %d booster(s) with LightGBM (no compiled copy for this CPU: run "
@@ -167,10 +196,9 @@ class Doorstep:
             tz = self.eta_engine.tz if self.eta_engine is not None else "Asia/Shanghai"
             store = DemandStore(str(self.config.demand_store))
             self.demand_engine = DemandEngine(models.demand, models.demand_info, store, tz)
-            try:  # read the store now, not on a planner's first request
-                store.snapshot()
-            except StoreUnavailable as exc:
-                log.warning("%s (the /v1/demand endpoint answers 503 until it is readable)", exc)
+            # read the store now, not on a planner's first request, but beside the start-up:
+            # the ETA endpoints need no demand history (the read is cached and locked)
+            threading.Thread(target=_read_store, args=(store,), daemon=True).start()
         _STATE["service"] = self
         # the models are loaded for good: keep the collector off their millions of objects
         gc.collect()

@@ -77,3 +77,23 @@ def test_accelerated_eta_bundle_predicts_the_same_and_pickles_without_binaries(
     assert all(not m.__dict__.get("fast") for m in copy.modes.values())
     assert copy.leg.__dict__.get("fast") is None
     np.testing.assert_allclose(copy.predict(batch, "ordered").p50, before["ordered"].p50)
+
+
+def test_recorded_keys_find_the_same_binaries_and_stale_records_are_ignored(
+    tmp_path: Path,
+) -> None:
+    """Workers skip serialising boosters by reading the keys recorded beside a model copy;
+    a record for another bundle file, or a key without its binary, falls back to the trees."""
+    booster, X = _booster(2)
+    first = ft.compiled(booster, tmp_path)
+    assert first is not None and first.key
+    keys_file = tmp_path / "tree-keys.json"
+    ft.save_known_keys(keys_file, "bundle-1", {"b": first.key})
+    assert ft.read_known_keys(keys_file, "bundle-1") == {"b": first.key}
+    assert ft.read_known_keys(keys_file, "bundle-2") == {}  # another bundle file
+    assert ft.read_known_keys(tmp_path / "absent.json", "bundle-1") == {}
+    again = ft.compiled(booster, tmp_path, compile_missing=False, key=first.key)
+    assert again is not None
+    np.testing.assert_array_equal(again.predict(X), first.predict(X))
+    stale = ft.compiled(booster, tmp_path, compile_missing=False, key="0" * 24)
+    assert stale is not None and stale.key == first.key

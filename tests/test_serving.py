@@ -177,6 +177,32 @@ def test_direct_answers_equal_the_bundle_on_the_training_features(
             assert st.eta_minutes.p90 == pytest.approx(expected.p90[i], abs=0.006)
 
 
+def test_requests_are_batched_as_their_copied_route_queries() -> None:
+    """The engine hands the request models to ``build_batch`` without copying them into
+    ``RouteQuery`` dataclasses: the batch must be the same, field by field."""
+    from features.eta_queries import QueryBatch
+    from features.eta_request import ZoneResolver, build_batch
+    from serving.eta import _route
+    from serving.schemas import EtaRequest
+
+    body = dict(ETA)
+    body["courier"] = {**ETA["courier"], "done_aoi_ids": ["B001138", "B001143"], "stops_done": 2}
+    body["stops"] = [dict(st) for st in ETA["stops"]]
+    body["stops"][3] |= {"ready_time": ETA["courier"]["time"], "zone_id": "z-1"}
+    body["stops"][4] |= {"planned_arrival": "2021-06-10T09:00:00+08:00"}
+    req = EtaRequest.model_validate(body)
+    zones = ZoneResolver()
+    direct = build_batch([_route(req)], "Asia/Shanghai", zones)
+    copied = build_batch([req.to_query()], "Asia/Shanghai", zones)
+    for f in dataclasses.fields(QueryBatch):
+        a, b = getattr(direct, f.name), getattr(copied, f.name)
+        assert a.dtype == b.dtype, f.name
+        if a.dtype == object:
+            assert a.tolist() == b.tolist(), f.name
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+
+
 def test_direct_matrix_and_demand(service: Any) -> None:
     from serving.schemas import DemandRequest, MatrixRequest
 
