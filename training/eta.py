@@ -28,15 +28,21 @@ from features.profiles import local_day
 
 @dataclass(frozen=True)
 class BoosterParams:
-    """LightGBM settings shared by the quantile boosters (tuned by ``doorstep tune eta``)."""
+    """LightGBM settings shared by the quantile boosters (tuned by ``doorstep tune eta``).
 
-    learning_rate: float = 0.05
+    Learning rate 0.1 and 63 bins: on a dev city (seed 11, 40 d x 40 couriers) they cut the
+    training CPU 2.3x against 0.05 / 255 bins and lowered hold-out MAE in both modes (ordered
+    7.69 vs 7.76 min, unordered 8.07 vs 8.29: at 0.05 the unordered boosters hit the 600-round
+    cap), with the same calibrated coverage.
+    """
+
+    learning_rate: float = 0.1
     num_leaves: int = 63
     min_child_samples: int = 40
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
-    max_bin: int = 255
+    max_bin: int = 63
     n_estimators: int = 600
     early_stopping_rounds: int = 50
 
