@@ -152,7 +152,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         if mode == "ordered":
             cols.update(self._ordered(batch, cols))
         names = feature_names(mode)
-        return np.column_stack([cols[n] for n in names]).astype(np.float32)
+        # rows x features, float32 (cast once, as LightGBM reads it; C order for the trees)
+        return np.ascontiguousarray(np.array([cols[n] for n in names], dtype=np.float32).T)
 
     def _common(self, b: QueryBatch) -> dict[str, FloatArray]:
         q = b.t_query
@@ -357,8 +358,8 @@ def _nn_tour_few(
         if a == b:
             continue
         la, lo = lat[a:b], lng[a:b]
-        pair = np.nan_to_num(haversine_km(la[:, None], lo[:, None], la[None, :], lo[None, :]))
-        dist = np.nan_to_num(haversine_km(q_lat[qi : qi + 1], q_lng[qi : qi + 1], la, lo))
+        pair = _zero_nan(haversine_km(la[:, None], lo[:, None], la[None, :], lo[None, :]))
+        dist = _zero_nan(haversine_km(q_lat[qi : qi + 1], q_lng[qi : qi + 1], la, lo))
         local = np.full(b - a, -1, dtype=np.int64)
         # +inf on visited stops: adding 0.0 leaves an open stop's distance exactly as it is
         visited = np.zeros(b - a)
@@ -391,6 +392,13 @@ class _Areas:
     @classmethod
     def of(cls, b: QueryBatch) -> _Areas:
         return cls(b.t_aoi.astype(str), b.q_last_aoi.astype(str), b.t_aoi == "")
+
+
+def _zero_nan(km: FloatArray) -> FloatArray:
+    """``np.nan_to_num`` of a fresh ``haversine_km`` result, in place: distances are finite
+    or NaN (unknown positions), so only NaN needs replacing (and this is cheaper)."""
+    km[np.isnan(km)] = 0.0
+    return km
 
 
 def _switches_along(
@@ -518,7 +526,7 @@ def _path_along(
     la, lo = lat[order], lng[order]
     prev_lat = np.where(first, q_lat[g], np.concatenate(([np.nan], la[:-1])))
     prev_lng = np.where(first, q_lng[g], np.concatenate(([np.nan], lo[:-1])))
-    leg = np.nan_to_num(haversine_km(prev_lat, prev_lng, la, lo))
+    leg = _zero_nan(haversine_km(prev_lat, prev_lng, la, lo))
     return _unsort(order, _running_sum(leg, first))
 
 

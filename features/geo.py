@@ -16,7 +16,10 @@ def haversine_km(
     """Great-circle distance in km between paired points (broadcasts like numpy)."""
     p1, l1, p2, l2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lng1, lat2, lng2))
     a = np.sin((p2 - p1) / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin((l2 - l1) / 2.0) ** 2
-    return np.asarray(2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))))
+    # a >= +0.0 (squares, cosines of latitudes): min(max()) equals np.clip here, and is cheaper
+    return np.asarray(
+        2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(np.maximum(a, 0.0), 1.0)))
+    )
 
 
 def offset_deg(
