@@ -7,7 +7,9 @@ it (and serving never imports ``training/``). Two heads give the uncalibrated qu
   quantiles are volume quantiles after squaring.
 * ``count``: the Poisson booster's expected volume and a negative-binomial spread fitted on the
   validation window. Sparse hourly counts are mostly 0 or 1; a pinball loss only sees the sign
-  of each residual there, the Poisson likelihood uses the counts themselves.
+  of each residual there, the Poisson likelihood uses the counts themselves. Its P50 is the
+  integer median of the Poisson at the expected volume (``FreqModel.point_size``; bundles from
+  before it take the negative binomial's median, which sits lower on sparse counts).
 
 Both heads can be anchored on a level feature (``FreqModel.level_feature``): the boosters then
 learn corrections to a zone's recent level, so a forecast can follow a level no tree has seen.
@@ -94,6 +96,9 @@ class FreqModel:
     # and forecasts can follow a level the trees never saw; None: boosters learn levels too
     level_feature: str | None = None
     nb_size: float = np.inf  # negative-binomial size of the count head (inf: Poisson)
+    # the size whose integer median is the count head's P50 (training sets inf: the Poisson
+    # median); None: nb_size, the rule of bundles from before it
+    point_size: float | None = None
     # where P10/P90 come from: "count" or "quantile" (see the module docstring); None: a bundle
     # from before the window was chosen apart from the head (the head's window with sqrt-scale
     # offsets on its floored quantiles), kept so a registered champion predicts as it did
@@ -140,7 +145,9 @@ class FreqModel:
         zone: shape (n, 3). Training compares heads on its P50; bundles with ``window=None``
         are calibrated on exactly this."""
         if self.head == "count":
-            out = nb_quantiles(self.expected(X, num_threads), self.nb_size)
+            mean = self.expected(X, num_threads)
+            out = nb_quantiles(mean, self.nb_size)
+            out[:, 1] = self.median_count(mean)
         else:
             out = np.maximum(self.quantile_roots(X, num_threads), 0.0) ** 2
         out[:, 0] = np.minimum(out[:, 0], out[:, 1])
@@ -160,10 +167,12 @@ class FreqModel:
 
     def distribution(self, mean: FloatArray) -> Any:
         """The count head's predictive distribution per row (scipy, frozen, vectorised)."""
-        mu = np.maximum(np.asarray(mean, dtype=np.float64), 1e-9)
-        if not np.isfinite(self.nb_size):
-            return stats.poisson(mu)
-        return stats.nbinom(self.nb_size, self.nb_size / (self.nb_size + mu))
+        return count_distribution(mean, self.nb_size)
+
+    def median_count(self, mean: FloatArray) -> FloatArray:
+        """The count head's P50: the integer median at ``point_size``."""
+        size = self.nb_size if self.point_size is None else self.point_size
+        return np.asarray(count_distribution(mean, size).ppf(0.5), dtype=np.float64)
 
     def quantile_roots(self, X: npt.NDArray[np.float32], num_threads: int = 1) -> FloatArray:
         """The quantile boosters' P10, P50, P90 on the sqrt scale, sorted, not floored: (n, 3)."""
@@ -176,7 +185,7 @@ class FreqModel:
         """The P50 of the head (before the quiet-zone rule): the count head's integer median,
         or the squared, floored median quantile booster."""
         if self.head == "count":
-            return np.asarray(self.distribution(mean).ppf(0.5), dtype=np.float64)
+            return self.median_count(mean)
         return np.maximum(self.quantile_roots(X, num_threads)[:, 1], 0.0) ** 2
 
     def bounds(
@@ -264,6 +273,14 @@ class FreqModel:
         return DemandPrediction(np.minimum(p10, p50), p50, np.maximum(p90, p50), mean)
 
 
+def count_distribution(mean: FloatArray, size: float) -> Any:
+    """Negative binomial with ``mean`` and ``size`` per row (Poisson if infinite); frozen scipy."""
+    mu = np.maximum(np.asarray(mean, dtype=np.float64), 1e-9)
+    if not np.isfinite(size):
+        return stats.poisson(mu)
+    return stats.nbinom(size, size / (size + mu))
+
+
 def nb_quantiles(mean: FloatArray, size: float) -> FloatArray:
     """P10, P50, P90 of a negative binomial with ``mean`` and ``size`` (Poisson if infinite).
 
@@ -272,7 +289,7 @@ def nb_quantiles(mean: FloatArray, size: float) -> FloatArray:
     conformal calibration can reach its nominal coverage on counts.
     """
     mu = np.maximum(np.asarray(mean, dtype=np.float64), 1e-9)
-    dist = stats.poisson(mu) if not np.isfinite(size) else stats.nbinom(size, size / (size + mu))
+    dist = count_distribution(mu, size)
     out = np.empty((len(mu), 3))
     for i, q in enumerate(QUANTILES):
         k = dist.ppf(q)

@@ -13,6 +13,7 @@ import pytest
 
 from doorstep.demand_bundle import (
     DemandPrediction,
+    FreqModel,
     check_feature_set,
     horizon_bucket,
     nb_quantiles,
@@ -382,6 +383,15 @@ def test_count_quantiles_never_cross_and_the_median_is_an_integer() -> None:
     assert (q[:, 0] <= q[:, 1]).all() and (q[:, 1] <= q[:, 2]).all()
     assert q[:, 1].tolist() == np.round(q[:, 1]).tolist()
     assert q[0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_count_p50_is_the_poisson_median_and_old_bundles_keep_theirs() -> None:
+    mean = np.array([0.8, 2.5])
+    # Poisson: P(0) = 0.45 at mean 0.8, so the median is 1; a geometric (size 1) puts 0.56 on 0
+    new = FreqModel(DemandFeaturizer(), {}, head="count", nb_size=1.0, point_size=np.inf)
+    assert new.median_count(mean).tolist() == [1.0, 2.0]
+    old = FreqModel(DemandFeaturizer(), {}, head="count", nb_size=1.0)  # no point_size
+    assert old.median_count(mean).tolist() == [0.0, 2.0]
 
 
 def test_split_needs_enough_history() -> None:

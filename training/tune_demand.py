@@ -25,7 +25,7 @@ import pandas as pd
 from optuna_integration import LightGBMPruningCallback
 
 from doorstep.config import to_dict
-from doorstep.demand_bundle import FreqModel, nb_quantiles
+from doorstep.demand_bundle import FreqModel, count_distribution
 from features.demand import check_freq
 from features.demand_features import spec_for
 from training.demand import (
@@ -34,7 +34,6 @@ from training.demand import (
     _datasets,
     _lgb_params,
     demand_windows,
-    fit_nb_size,
 )
 from training.pipeline_demand import FREQ_KEYS, load_demand_config
 from training.tune import (
@@ -99,7 +98,7 @@ def fit_poisson(w: DemandWindows, config: DemandTrainConfig, callbacks: list[Any
         w.X[1], num_iteration=best, raw_score=True, num_threads=config.num_threads
     )
     mean = np.exp(np.asarray(raw, dtype=np.float64) + offset[1])
-    p50 = nb_quantiles(mean, fit_nb_size(w.y[1], mean))[:, 1]
+    p50 = count_distribution(mean, np.inf).ppf(0.5)  # the count head's P50 (train_demand's)
     return TrialScore(float(np.mean(np.abs(p50 - w.y[1]))), best)
 
 
