@@ -8,7 +8,7 @@ quantile boosters per mode, early stopping, refit, conformal calibration). The h
 same run is a plain LightGBM L2 regression on two raw columns (distance, rank) over the same
 rows and rounds: it shows what the rich feature set and quantile stack cost beyond a bare fit.
 
-    python benchmarks/bench_eta_train.py [--days 30] [--couriers 80] [--out benchmarks/results/eta_train.json]
+    python benchmarks/bench_eta_train.py [--days 40] [--couriers 80] [--out benchmarks/results/eta_train.json]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _peak_rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--days", type=int, default=40)  # ~1.1M query-stop rows at 80 couriers
     parser.add_argument("--couriers", type=int, default=80)
     parser.add_argument("--rows", type=int, default=1_000_000, help="query-stop rows to train on")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eta_train.json"))
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     keep[order[: int(np.searchsorted(np.cumsum(sizes), args.rows)) + 1]] = True
     batch = batch.take_queries(keep)
     rows = batch.n_targets
+    if rows < args.rows:
+        print(f"warning: the city has only {rows:,} query-stop rows (< --rows {args.rows:,}): raise --days")
 
     t0 = time.perf_counter()
     featurizer = EtaFeaturizer().fit(deliveries)
