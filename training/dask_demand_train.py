@@ -52,14 +52,10 @@ from training.demand import (
     fit_nb_size,
     make_split,
     mondrian_offsets,
+    point_size,
     window_queries,
 )
 from training.engine import nonempty
-
-try:  # the count head's P50 size, chosen on validation (training.demand, newer versions)
-    from training.demand import point_size as _point_size
-except ImportError:  # pragma: no cover - a training.demand from before the choice
-    _point_size = None
 
 OFFSET, ROOT = "_log_offset", "_sqrt_target"  # the Poisson init score, the quantile label
 MIN_ROUNDS = 10
@@ -241,8 +237,7 @@ def fit_heads_dask(
     ).compute()
     y_val, mean_val = ym["y"].to_numpy(), ym["m"].to_numpy()
     count.nb_size = fit_nb_size(y_val, mean_val)
-    if _point_size is not None:
-        count.point_size = _point_size(y_val, mean_val, count.nb_size)
+    count.point_size = point_size(y_val, mean_val, count.nb_size)
     losses, best = {}, {"count": mean_best}
     if config.head in ("count", "auto"):
         losses["count"] = _validation_mae(valid, count, names)
@@ -264,9 +259,7 @@ def fit_heads_dask(
     model.boosters[MEAN] = _fit(
         "poisson", 0.5, mean_best, both, LABEL, names, config, client
     ).booster_
-    model.nb_size = count.nb_size
-    if _point_size is not None:
-        model.point_size = count.point_size
+    model.nb_size, model.point_size = count.nb_size, count.point_size
     if model.head == "quantile" or model.window == "quantile":
         for alpha in QUANTILES:
             rounds = best[f"q{alpha:g}"]
