@@ -85,7 +85,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per protocol: name, points, WAPE, MASE, coverage, best baseline and its WAPE,
     model WAPE over it. Nulls print as ``-``, never crash the table."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, p in results["protocols"].items():
         m = p["model"]
         best = best_baseline(p["baselines"])
