@@ -558,7 +558,6 @@ def train_demand_cmd(
             cfg = dataclasses.replace(cfg, holidays_country=holidays)
         status = f"training demand models ({engine}), scoring the hold-out, logging"
         if engine == "dask":
-            from training.dask_demand_pipeline import train_and_register_demand_dask
             from training.engine import dask_client
 
             eng = EngineConfig(engine="dask", scheduler=scheduler, n_workers=workers)
@@ -567,7 +566,7 @@ def train_demand_cmd(
                     history, deliveries, freq, days, couriers, seed, client
                 )
                 with console.status(status):
-                    outcome = train_and_register_demand_dask(
+                    outcome = train_and_register_demand(
                         hourly, daily, cfg, data_source=source, holdout_days=holdout_days,
                         engine=eng, client=client,
                     )  # fmt: skip

@@ -13,6 +13,8 @@ constant, so it orders versions identically) and its coverage is within toleranc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from doorstep.demand_pyfunc import (
     signature,
 )
 from features import schema as s
-from features.demand_features import DemandPanel, spec_for
+from features.demand_features import DemandFeatureSpec, DemandPanel, spec_for
 from training import demand_plots
 from training.demand import DemandTrainConfig, DemandTrainResult, train_demand
 from training.demand_backtest import (
@@ -44,6 +46,7 @@ from training.demand_backtest import (
     score_fold,
     scored_zones,
 )
+from training.engine import EngineConfig
 from training.registry import GateRule, PromotionDecision, promote_if_better
 from training.tracking import (
     TAG_DATA_SOURCE,
@@ -231,16 +234,22 @@ def input_example(bundle: DemandBundle, holdout: Holdout) -> pd.DataFrame:
     )
 
 
+DemandTrainer = Callable[
+    [pd.DataFrame, str, pd.Timestamp, DemandFeatureSpec, DemandTrainConfig], DemandTrainResult
+]
+"""The training step: ``train_demand``'s signature (``table, freq, test_from, spec, config``)."""
+
+
 def train_bundle(
-    holdout: Holdout, config: DemandConfig
+    holdout: Holdout, config: DemandConfig, trainer: DemandTrainer = train_demand
 ) -> tuple[DemandBundle, dict[str, DemandTrainResult]]:
-    """One model per frequency, trained before the hold-out, in one bundle."""
+    """One model per frequency, trained before the hold-out by ``trainer``, in one bundle."""
     results = {}
     for freq, table in holdout.tables.items():
         before = table[pd.to_datetime(table[s.TS]) < holdout.start]
         spec = spec_for(freq, config.holidays_country)
         try:
-            results[freq] = train_demand(before, freq, holdout.start, spec, config.for_freq(freq))
+            results[freq] = trainer(before, freq, holdout.start, spec, config.for_freq(freq))
         except ValueError as exc:
             raise ValueError(f"{FREQ_KEYS[freq]}: {exc}") from exc
     first = min(pd.to_datetime(t[s.TS]).min() for t in holdout.tables.values())
@@ -249,6 +258,19 @@ def train_bundle(
         training_window=(str(first), str(holdout.start)),
     )
     return bundle, results
+
+
+@contextmanager
+def engine_trainer(engine: EngineConfig, client: Any = None) -> Iterator[DemandTrainer]:
+    """The training step for ``engine``: ``train_demand`` here, or on Dask (on ``client`` if
+    given, else on ``engine``'s scheduler or a local cluster, closed on exit)."""
+    if engine.engine == "pandas":
+        yield train_demand
+        return
+    from training.dask_demand_pipeline import dask_trainer  # Dask is optional
+
+    with dask_trainer(engine, client) as trainer:
+        yield trainer
 
 
 def run_params(config: DemandConfig, results: dict[str, DemandTrainResult]) -> dict[str, Any]:
@@ -335,16 +357,25 @@ def train_and_register_demand(
     holdout_days: int = 7,
     registered_name: str | None = REGISTERED_NAME,
     gate: GateRule | None = None,
+    engine: EngineConfig | None = None,
+    client: Any = None,
 ) -> TrainDemandOutcome:
     """Train the demand bundle (hourly and/or daily), score it on the last ``holdout_days``
-    days beside the baselines, log it to MLflow, register it and apply the gate."""
+    days beside the baselines, log it to MLflow, register it and apply the gate.
+
+    ``engine`` picks where the boosters are trained (``engine_trainer``: pandas by default;
+    with Dask on ``client`` if given); everything else runs here either way."""
     config = config or DemandConfig()
+    engine = engine or EngineConfig()
     tables = {f: t for f, t in (("h", hourly), ("d", daily)) if t is not None}
     holdout = make_holdout(tables, holdout_days)
-    bundle, results = train_bundle(holdout, config)
+    with engine_trainer(engine, client) as trainer:
+        bundle, results = train_bundle(holdout, config, trainer)
     scores, series = score_holdout(bundle, holdout)
     use_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"demand-{holdout.start.date()}"):
+        if engine.engine != "pandas":
+            mlflow.set_tag("engine", engine.engine)
         logged = log_demand_model(
             bundle,
             holdout,
