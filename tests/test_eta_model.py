@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -105,3 +107,30 @@ def test_training_never_sees_the_test_days() -> None:
     assert batch.n_queries > 0
     assert a.train.calibration == b.train.calibration
     assert a.train.best_iterations == b.train.best_iterations
+
+
+def test_benchmark_validates_contract_parquet(tmp_path: Path) -> None:
+    """A contract file goes through validation too: a GPS placeholder at (0, 0) is left out and
+    counted (a stop 10,000 km away would wreck the distance baselines); above 1% it is refused."""
+    from training.benchmark_eta import load_for_benchmark
+
+    deliveries = make_deliveries(days=3, couriers=4, stops=30, seed=1)
+    few = deliveries.copy()
+    few.loc[few.index[0], ["lat", "lng"]] = 0.0
+    path = tmp_path / "few.parquet"
+    few.to_parquet(path)
+    frame, info = load_for_benchmark(path, "parquet")
+    assert info["rows_in_file"] == len(deliveries)
+    assert info["rows_dropped"] == 1
+    assert info["dropped_reasons"] == {"lat/lng: at (0, 0), a missing-GPS placeholder": 1}
+    assert len(frame) == len(deliveries) - 1
+    assert (frame["lat"].abs() > 1).all()
+
+    many = deliveries.copy()
+    bad = len(many) // 50  # about 2% of the rows
+    many.loc[many.index[:bad], ["lat", "lng"]] = 0.0
+    path = tmp_path / "many.parquet"
+    many.to_parquet(path)
+    msg = f"validation would drop {bad / len(many):.1%} of rows; the protocol allows under 1%"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        load_for_benchmark(path, "parquet")
