@@ -26,9 +26,10 @@ import dask
 import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
-from doorstep.demand_bundle import MEAN, QUANTILES, WINDOWS, DemandBundle, FreqModel
+from doorstep.demand_bundle import DemandBundle, FreqModel
 from features import schema as s
 from features.demand import check_freq
 from features.demand_features import CATEGORICAL, DemandFeatureSpec, DemandFeaturizer, spec_for
@@ -43,16 +44,14 @@ from training.dask_demand import (
     partition_panel,
 )
 from training.demand import (
-    HEADS,
     DemandSplit,
     DemandTrainConfig,
     DemandTrainResult,
     _lgb_params,
-    class_offsets,
-    fit_nb_size,
+    checked_names,
+    fit_heads_with,
     make_split,
-    mondrian_offsets,
-    point_size,
+    set_offsets,
     window_queries,
 )
 from training.engine import nonempty
@@ -110,15 +109,7 @@ def demand_windows_dask(
     config: DemandTrainConfig,
 ) -> DaskDemandWindows:
     """``training.demand.demand_windows`` on zone partitions (``dask_demand.by_zone``)."""
-    if spec.freq != freq:
-        raise ValueError(f"spec: built for freq {spec.freq!r}, training asked for {freq!r}")
-    if config.head not in HEADS:
-        raise ValueError(f"head: must be one of {list(HEADS)}, got {config.head!r}")
-    if config.window not in WINDOWS:
-        raise ValueError(f"window: must be one of {list(WINDOWS)}, got {config.window!r}")
-    names = spec.feature_names()
-    if config.level_feature is not None and config.level_feature not in names:
-        raise ValueError(f"level_feature {config.level_feature!r}: not one of the spec's features")
+    names = checked_names(freq, spec, config)
     test = pd.Timestamp(test_from)
     totals = city_totals(table, freq, test)
     split = make_split(pd.DataFrame({s.TS: [totals.index[0]]}), test, config)
@@ -214,6 +205,56 @@ def _expected(frame: pd.DataFrame, model: FreqModel, names: list[str]) -> pd.Dat
     return pd.DataFrame({"y": frame[LABEL].to_numpy(np.float64), "m": model.expected(X)})
 
 
+class _DaskFitter:
+    """``training.demand.HeadFitter`` with LightGBM's Dask estimators on the zone partitions'
+    rows, each carrying its Poisson offset and quantile label (``_targets``)."""
+
+    def __init__(
+        self,
+        featurizer: DemandFeaturizer,
+        names: list[str],
+        fit: dd.DataFrame,
+        valid: dd.DataFrame,
+        config: DemandTrainConfig,
+        client: Any,
+    ) -> None:
+        base = FreqModel(featurizer, {}, head="count", level_feature=config.level_feature)
+        meta = fit._meta.assign(**{OFFSET: np.empty(0, np.float64), ROOT: np.empty(0, np.float64)})
+        fit = fit.map_partitions(_targets, base, names, meta=meta)
+        valid = valid.map_partitions(_targets, base, names, meta=meta)
+        self.fit, self.valid = nonempty(fit, client), nonempty(valid, client)
+        self.names, self.config, self.client = names, config, client
+        self._both: dd.DataFrame | None = None
+
+    @staticmethod
+    def _kind(alpha: float | None) -> tuple[str, float, str]:
+        return ("poisson", 0.5, LABEL) if alpha is None else ("quantile", alpha, ROOT)
+
+    def early_stopped(self, alpha: float | None) -> tuple[lgb.Booster, int]:
+        objective, a, label = self._kind(alpha)
+        return _early_stopped(
+            objective, a, self.fit, self.valid, label, self.names, self.config, self.client
+        )
+
+    def refit(self, alpha: float | None, rounds: int) -> lgb.Booster:
+        if self._both is None:
+            self._both = dd.concat([self.fit, self.valid])
+        objective, a, label = self._kind(alpha)
+        return _fit(
+            objective, a, rounds, self._both, label, self.names, self.config, self.client
+        ).booster_
+
+    def valid_expected(
+        self, model: FreqModel
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        meta = pd.DataFrame({"y": [0.0], "m": [0.0]}).iloc[:0]
+        ym = self.valid.map_partitions(_expected, model, self.names, meta=meta).compute()
+        return ym["y"].to_numpy(), ym["m"].to_numpy()
+
+    def valid_mae(self, model: FreqModel) -> float:
+        return _validation_mae(self.valid, model, self.names)
+
+
 def fit_heads_dask(
     featurizer: DemandFeaturizer,
     names: list[str],
@@ -222,51 +263,11 @@ def fit_heads_dask(
     config: DemandTrainConfig,
     client: Any,
 ) -> tuple[FreqModel, int, dict[str, float]]:
-    """``training.demand.fit_heads`` with LightGBM's Dask estimators: each head early-stopped
-    on the validation rows, the head whose P50 has the lower validation MAE kept, its boosters
-    (and the Poisson one) refitted on fit + valid."""
-    count = FreqModel(featurizer, {}, head="count", level_feature=config.level_feature)
-    meta = fit._meta.assign(**{OFFSET: np.empty(0, np.float64), ROOT: np.empty(0, np.float64)})
-    fit = fit.map_partitions(_targets, count, names, meta=meta)
-    valid = valid.map_partitions(_targets, count, names, meta=meta)
-    fit, valid = nonempty(fit, client), nonempty(valid, client)
-    mean_fit, mean_best = _early_stopped("poisson", 0.5, fit, valid, LABEL, names, config, client)
-    count.boosters[MEAN] = mean_fit
-    ym = valid.map_partitions(
-        _expected, count, names, meta=pd.DataFrame({"y": [0.0], "m": [0.0]}).iloc[:0]
-    ).compute()
-    y_val, mean_val = ym["y"].to_numpy(), ym["m"].to_numpy()
-    count.nb_size = fit_nb_size(y_val, mean_val)
-    count.point_size = point_size(y_val, mean_val, count.nb_size)
-    losses, best = {}, {"count": mean_best}
-    if config.head in ("count", "auto"):
-        losses["count"] = _validation_mae(valid, count, names)
-    quantile = FreqModel(
-        featurizer, {MEAN: mean_fit}, head="quantile", level_feature=config.level_feature
-    )
-    if config.head in ("quantile", "auto") or config.window == "quantile":
-        for alpha in QUANTILES:
-            quantile.boosters[alpha], best[f"q{alpha:g}"] = _early_stopped(
-                "quantile", alpha, fit, valid, ROOT, names, config, client
-            )
-        if config.head != "count":
-            losses["quantile"] = _validation_mae(valid, quantile, names)
-    model = min((count, quantile), key=lambda m: losses.get(m.head, np.inf))
-    model.window = config.window
-    if featurizer.spec_.freq == "h":
-        model.origin_groups = tuple(sorted(config.calib_origin_hours))
-    both = dd.concat([fit, valid])
-    model.boosters[MEAN] = _fit(
-        "poisson", 0.5, mean_best, both, LABEL, names, config, client
-    ).booster_
-    model.nb_size, model.point_size = count.nb_size, count.point_size
-    if model.head == "quantile" or model.window == "quantile":
-        for alpha in QUANTILES:
-            rounds = best[f"q{alpha:g}"]
-            model.boosters[alpha] = _fit(
-                "quantile", alpha, rounds, both, ROOT, names, config, client
-            ).booster_
-    return model, best["count" if model.head == "count" else "q0.5"], losses
+    """``training.demand.fit_heads_with`` with LightGBM's Dask estimators: each head
+    early-stopped on the validation rows, the head whose P50 has the lower validation MAE
+    kept, its boosters (and the Poisson one) refitted on fit + valid."""
+    fitter = _DaskFitter(featurizer, names, fit, valid, config, client)
+    return fit_heads_with(fitter, featurizer, config)
 
 
 def _scores(frame: pd.DataFrame, model: FreqModel, names: list[str]) -> pd.DataFrame:
@@ -295,13 +296,7 @@ def calibrate_dask(
     ints = ("cls", "o", "t")
     meta = pd.DataFrame({c: np.empty(0, np.int64 if c in ints else np.float64) for c in SCORES})
     rows = calibration.map_partitions(_scores, model, names, meta=meta).compute()
-    model.conformal = class_offsets(
-        rows["score"].to_numpy(), rows["cls"].to_numpy(), model.n_classes(), coverage
-    )
-    g = rows.groupby(["o", "t"])[["y", "m"]].sum()
-    h = g.index.get_level_values("t") - g.index.get_level_values("o") + 1
-    tscore = np.abs(np.sqrt(g["y"].to_numpy()) - np.sqrt(np.maximum(g["m"].to_numpy(), 0.0)))
-    model.total_conformal = mondrian_offsets(tscore, h, model.freq, coverage)
+    set_offsets(model, rows, coverage)
 
 
 def train_demand_dask(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -294,11 +294,27 @@ def calibrate(
     rows, so they can narrow as well as widen), and a window for the bottom-up total."""
     X = model.featurizer.transform(panel, q)
     y = panel.values[q.zone, q.target]
-    score = model.window_score(X, y, num_threads)
-    cls = model.offset_class(X, q.horizon)
-    model.conformal = class_offsets(score, cls, model.n_classes(), coverage)
-    mean = model.predict(X, q.horizon, num_threads).mean
-    g = pd.DataFrame({"o": q.origin, "t": q.target, "y": y, "m": mean}).groupby(["o", "t"]).sum()
+    rows = pd.DataFrame(
+        {
+            "score": model.window_score(X, y, num_threads),
+            "cls": model.offset_class(X, q.horizon),
+            "m": model.predict(X, q.horizon, num_threads).mean,
+            "y": y,
+            "o": q.origin,
+            "t": q.target,
+        }
+    )
+    set_offsets(model, rows, coverage)
+
+
+def set_offsets(model: FreqModel, rows: pd.DataFrame, coverage: float) -> None:
+    """``calibrate``'s offsets from the calibration rows' window ``score``, Mondrian class
+    ``cls``, expected volume ``m``, count ``y``, origin ``o`` and target ``t`` (either engine
+    computes the rows): the zones' per class, the total's per horizon bucket on per-period sums."""
+    model.conformal = class_offsets(
+        rows["score"].to_numpy(), rows["cls"].to_numpy(), model.n_classes(), coverage
+    )
+    g = rows.groupby(["o", "t"])[["y", "m"]].sum()
     h = g.index.get_level_values("t") - g.index.get_level_values("o") + 1
     tscore = np.abs(np.sqrt(g["y"].to_numpy()) - np.sqrt(np.maximum(g["m"].to_numpy(), 0.0)))
     model.total_conformal = mondrian_offsets(tscore, h, model.freq, coverage)
@@ -312,6 +328,108 @@ def _subsample(q: DemandQueries, keep: int, rng: np.random.Generator) -> DemandQ
     return q.take(mask)
 
 
+class HeadFitter(Protocol):
+    """The primitives ``fit_heads_with`` orchestrates, over one engine's fit / validation rows.
+    ``alpha`` None is the Poisson (mean) booster, else the quantile booster at ``alpha``."""
+
+    def early_stopped(self, alpha: float | None) -> tuple[lgb.Booster, int]:
+        """A booster on the fit rows at its best validation round, and the rounds to refit."""
+        ...
+
+    def refit(self, alpha: float | None, rounds: int) -> lgb.Booster:
+        """A booster on fit + validation rows for ``rounds`` rounds."""
+        ...
+
+    def valid_expected(self, model: FreqModel) -> tuple[FloatArray, FloatArray]:
+        """The validation rows' counts and ``model``'s expected volume for them."""
+        ...
+
+    def valid_mae(self, model: FreqModel) -> float:
+        """``model``'s P50 mean absolute error on the validation rows."""
+        ...
+
+
+def fit_heads_with(
+    fitter: HeadFitter, featurizer: DemandFeaturizer, config: DemandTrainConfig
+) -> tuple[FreqModel, int, dict[str, float]]:
+    """Early-stop each head's boosters on the validation rows, keep the head whose P50 has the
+    lower validation MAE (the point every metric scores; the window is calibrated later
+    anyway), refit its boosters (and the Poisson one) on fit + valid."""
+    count = FreqModel(featurizer, {}, head="count", level_feature=config.level_feature)
+    mean_fit, mean_best = fitter.early_stopped(None)
+    count.boosters[MEAN] = mean_fit
+    y_val, mean_val = fitter.valid_expected(count)
+    count.nb_size = fit_nb_size(y_val, mean_val)
+    count.point_size = point_size(y_val, mean_val, count.nb_size)
+    losses, best = {}, {"count": mean_best}
+    if config.head in ("count", "auto"):
+        losses["count"] = fitter.valid_mae(count)
+    quantile = FreqModel(
+        featurizer, {MEAN: mean_fit}, head="quantile", level_feature=config.level_feature
+    )
+    if config.head in ("quantile", "auto") or config.window == "quantile":
+        for alpha in QUANTILES:
+            quantile.boosters[alpha], best[f"q{alpha:g}"] = fitter.early_stopped(alpha)
+        if config.head != "count":
+            losses["quantile"] = fitter.valid_mae(quantile)
+    model = min((count, quantile), key=lambda m: losses.get(m.head, np.inf))
+    model.window = config.window
+    if featurizer.spec_.freq == "h":
+        model.origin_groups = tuple(sorted(config.calib_origin_hours))
+    model.boosters[MEAN] = fitter.refit(None, mean_best)
+    model.nb_size, model.point_size = count.nb_size, count.point_size
+    if model.head == "quantile" or model.window == "quantile":
+        for alpha in QUANTILES:
+            model.boosters[alpha] = fitter.refit(alpha, best[f"q{alpha:g}"])
+    return model, best["count" if model.head == "count" else "q0.5"], losses
+
+
+class _ArrayFitter:
+    """``HeadFitter`` on in-memory matrices: the Poisson booster starts from the level offset,
+    the quantile boosters learn the sqrt count over the level's sqrt."""
+
+    def __init__(
+        self,
+        featurizer: DemandFeaturizer,
+        names: list[str],
+        X: tuple[Any, Any],
+        y: tuple[FloatArray, FloatArray],
+        config: DemandTrainConfig,
+    ) -> None:
+        base = FreqModel(featurizer, {}, head="count", level_feature=config.level_feature)
+        self.names, self.X, self.y, self.config = names, X, y, config
+        self.offset = (base.log_offset(X[0]), base.log_offset(X[1]))
+        self.z = (np.sqrt(y[0]) - base.sqrt_base(X[0]), np.sqrt(y[1]) - base.sqrt_base(X[1]))
+        self._full_z: lgb.Dataset | None = None
+
+    def _params(self, alpha: float | None) -> dict[str, Any]:
+        if alpha is None:
+            return _lgb_params(self.config.booster, "poisson", 0.5, self.config)
+        return _lgb_params(self.config.booster, "quantile", alpha, self.config)
+
+    def early_stopped(self, alpha: float | None) -> tuple[lgb.Booster, int]:
+        if alpha is None:
+            return _early_stopped(
+                self._params(None), self.names, self.X, self.y, self.config, self.offset
+            )
+        return _early_stopped(self._params(alpha), self.names, self.X, self.z, self.config)
+
+    def refit(self, alpha: float | None, rounds: int) -> lgb.Booster:
+        if alpha is None:
+            both = _datasets(self.names, list(self.X), list(self.y), list(self.offset))
+            return lgb.train(self._params(None), both, rounds)
+        if self._full_z is None:  # one Dataset for every quantile, binned once
+            self._full_z = _datasets(self.names, list(self.X), list(self.z))
+        return lgb.train(self._params(alpha), self._full_z, rounds)
+
+    def valid_expected(self, model: FreqModel) -> tuple[FloatArray, FloatArray]:
+        return self.y[1], model.expected(self.X[1], self.config.num_threads)
+
+    def valid_mae(self, model: FreqModel) -> float:
+        p50 = model.raw(self.X[1], self.config.num_threads)[:, 1]
+        return float(np.mean(np.abs(p50 - self.y[1])))
+
+
 def fit_heads(
     featurizer: DemandFeaturizer,
     names: list[str],
@@ -319,48 +437,8 @@ def fit_heads(
     y: tuple[FloatArray, FloatArray],
     config: DemandTrainConfig,
 ) -> tuple[FreqModel, int, dict[str, float]]:
-    """Early-stop each head's boosters on the validation rows, keep the head whose P50 has the
-    lower validation MAE (the point every metric scores; the window is calibrated later
-    anyway), refit its boosters (and the Poisson one) on fit + valid."""
-    p = config.booster
-    count = FreqModel(featurizer, {}, head="count", level_feature=config.level_feature)
-    offset = (count.log_offset(X[0]), count.log_offset(X[1]))
-    poisson = _lgb_params(p, "poisson", 0.5, config)
-    mean_fit, mean_best = _early_stopped(poisson, names, X, y, config, offset)
-    count.boosters[MEAN] = mean_fit
-    val_mean = count.expected(X[1], config.num_threads)
-    count.nb_size = fit_nb_size(y[1], val_mean)
-    count.point_size = point_size(y[1], val_mean, count.nb_size)
-    losses, best = {}, {"count": mean_best}
-    if config.head in ("count", "auto"):
-        losses["count"] = float(np.mean(np.abs(count.raw(X[1], config.num_threads)[:, 1] - y[1])))
-    quantile = FreqModel(
-        featurizer, {MEAN: mean_fit}, head="quantile", level_feature=config.level_feature
-    )
-    z = (np.sqrt(y[0]) - quantile.sqrt_base(X[0]), np.sqrt(y[1]) - quantile.sqrt_base(X[1]))
-    if config.head in ("quantile", "auto") or config.window == "quantile":
-        for alpha in QUANTILES:
-            params = _lgb_params(p, "quantile", alpha, config)
-            quantile.boosters[alpha], best_q = _early_stopped(params, names, X, z, config)
-            best[f"q{alpha:g}"] = best_q
-        if config.head != "count":
-            losses["quantile"] = float(
-                np.mean(np.abs(quantile.raw(X[1], config.num_threads)[:, 1] - y[1]))
-            )
-    model = min((count, quantile), key=lambda m: losses.get(m.head, np.inf))
-    model.window = config.window
-    if featurizer.spec_.freq == "h":
-        model.origin_groups = tuple(sorted(config.calib_origin_hours))
-    model.boosters[MEAN] = lgb.train(
-        poisson, _datasets(names, list(X), list(y), list(offset)), mean_best
-    )
-    model.nb_size, model.point_size = count.nb_size, count.point_size
-    if model.head == "quantile" or model.window == "quantile":
-        full_z = _datasets(names, list(X), list(z))
-        for alpha in QUANTILES:
-            params = _lgb_params(p, "quantile", alpha, config)
-            model.boosters[alpha] = lgb.train(params, full_z, best[f"q{alpha:g}"])
-    return model, best["count" if model.head == "count" else "q0.5"], losses
+    """``fit_heads_with`` on the fit / validation matrices ``X`` and counts ``y``."""
+    return fit_heads_with(_ArrayFitter(featurizer, names, X, y, config), featurizer, config)
 
 
 @dataclass(frozen=True)
@@ -377,14 +455,9 @@ class DemandWindows:
     q_cal: DemandQueries
 
 
-def demand_windows(
-    table: pd.DataFrame,
-    freq: str,
-    test_from: str | pd.Timestamp,
-    spec: DemandFeatureSpec,
-    config: DemandTrainConfig,
-) -> DemandWindows:
-    """The time split, zone statistics fitted before ``test_from``, and the feature matrices."""
+def checked_names(freq: str, spec: DemandFeatureSpec, config: DemandTrainConfig) -> list[str]:
+    """The spec's feature names, once the spec, head, window and level feature are checked to
+    fit together (both engines check before any work)."""
     if spec.freq != freq:
         raise ValueError(f"spec: built for freq {spec.freq!r}, training asked for {freq!r}")
     if config.head not in HEADS:
@@ -394,6 +467,18 @@ def demand_windows(
     names = spec.feature_names()
     if config.level_feature is not None and config.level_feature not in names:
         raise ValueError(f"level_feature {config.level_feature!r}: not one of the spec's features")
+    return names
+
+
+def demand_windows(
+    table: pd.DataFrame,
+    freq: str,
+    test_from: str | pd.Timestamp,
+    spec: DemandFeatureSpec,
+    config: DemandTrainConfig,
+) -> DemandWindows:
+    """The time split, zone statistics fitted before ``test_from``, and the feature matrices."""
+    names = checked_names(freq, spec, config)
     rng = np.random.default_rng(config.seed)
     split = make_split(table, test_from, config)
     history = table[pd.to_datetime(table[s.TS]) < split.test_from]
