@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import multiprocessing as mp
-import os
-import platform
-import resource
 import time
 from pathlib import Path
 from typing import Any
+
+from _measure import (
+    add_ratios,
+    in_fresh_process,
+    machine,
+    peak_rss_mb,
+    worker_peak_rss_mb,
+    workers_cell,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "dask_eta.json"
@@ -75,8 +80,7 @@ def _run(engine: str, rows_m: float, workers: int, out: Any) -> None:
         with dask_client(cfg) as client:
             ddf = by_route_day(deliveries, 4 * workers)
             result = train_eta_dask(ddf, test_from, config, client)
-            rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            worker_rss = [float(v) for v in rss.values()]
+            worker_rss = worker_peak_rss_mb(client)
     wall = time.perf_counter() - t0
     batch = queries_from_deliveries(deliveries)
     n_rows = int(np.sum(batch.q_route_day[batch.t_query] < day_of(test_from)))
@@ -93,7 +97,7 @@ def _run(engine: str, rows_m: float, workers: int, out: Any) -> None:
             "query_stop_rows": n_rows,
             "wall_s": wall,
             "rows_per_s": n_rows / wall,
-            "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "driver_peak_rss_mb": peak_rss_mb(),
             "worker_peak_rss_mb": worker_rss,
             "holdout_mae_min": mae,
         }
@@ -101,13 +105,7 @@ def _run(engine: str, rows_m: float, workers: int, out: Any) -> None:
 
 
 def run(engine: str, rows_m: float, workers: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(engine, rows_m, workers, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
+    return in_fresh_process(_run, engine, rows_m, workers)
 
 
 def main() -> None:
@@ -124,23 +122,19 @@ def main() -> None:
             runs.append(run(engine, size, args.workers))
             r = runs[-1]
             print(f"  {r['query_stop_rows']:,} rows in {r['wall_s']:.0f} s", flush=True)
-    base = next((r for r in runs if r["engine"] == "pandas"), runs[0])
-    for r in runs:
-        r["wall_ratio_to_baseline"] = r["wall_s"] / base["wall_s"]
-        r["rows_per_s_ratio_to_baseline"] = r["rows_per_s"] / base["rows_per_s"]
+    base = add_ratios(runs)
     payload = {
         "what": "EtaFeaturizer fit + queries + features + quantile boosters (2 modes), same light booster",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "baseline": f"pandas at {base['target_rows_m']}M rows",
         "config": dataclasses.asdict(_config()),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_json(args.out, payload)
     print(f"{'engine':8} {'rows':>12} {'wall s':>8} {'rows/s':>10} {'x base':>7} "
           f"{'driver MB':>10} {'workers MB':>14} {'MAE ord/unord':>15}")  # fmt: skip
     for r in runs:
-        w = "/".join(f"{v:.0f}" for v in r["worker_peak_rss_mb"]) or "-"
+        w = workers_cell(r)
         mae = "/".join(f"{v:.2f}" for v in r["holdout_mae_min"].values())
         print(
             f"{r['engine']:8} {r['query_stop_rows']:>12,} {r['wall_s']:>8.0f} "

@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import multiprocessing as mp
-import os
-import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _measure import (
+    add_ratios,
+    in_fresh_process,
+    machine,
+    peak_rss_mb,
+    worker_peak_rss_mb,
+    workers_cell,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "dask_demand.json"
@@ -98,8 +103,7 @@ def _run(engine: str, deliveries: str, workers: int, out: Any) -> None:
             before = ddf[ddf[s.TS] < test_from]
             result = train_demand_dask(before, "h", test_from, client, spec, config)
             table = ddf.compute().sort_values([s.ZONE_ID, s.TS]).reset_index(drop=True)
-            rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            worker_rss = [float(v) for v in rss.values()]
+            worker_rss = worker_peak_rss_mb(client)
     wall = time.perf_counter() - t0
     n_rows = result.n_rows["fit"] + result.n_rows["valid"]
     out.put(
@@ -114,7 +118,7 @@ def _run(engine: str, deliveries: str, workers: int, out: Any) -> None:
             "table_s": t_table,
             "wall_s": wall,
             "rows_per_s": n_rows / wall,
-            "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "driver_peak_rss_mb": peak_rss_mb(),
             "worker_peak_rss_mb": worker_rss,
             **_scores(result, table),
         }
@@ -122,13 +126,7 @@ def _run(engine: str, deliveries: str, workers: int, out: Any) -> None:
 
 
 def run(engine: str, deliveries: str, workers: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(engine, deliveries, workers, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
+    return in_fresh_process(_run, engine, deliveries, workers)
 
 
 def main() -> None:
@@ -152,24 +150,20 @@ def main() -> None:
                 r["city"] = {"days": days, "couriers": args.couriers, "stops": summary.stops}
                 runs.append(r)
                 print(f"  {r['training_rows']:,} training rows in {r['wall_s']:.0f} s", flush=True)
-    base = next((r for r in runs if r["engine"] == "pandas"), runs[0])
-    for r in runs:
-        r["wall_ratio_to_baseline"] = r["wall_s"] / base["wall_s"]
-        r["rows_per_s_ratio_to_baseline"] = r["rows_per_s"] / base["rows_per_s"]
+    add_ratios(runs)
     payload = {
         "what": "hourly demand table from partitioned deliveries + train_demand (features, "
         "Poisson and quantile boosters, calibration), same light booster, no subsampling",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "baseline": f"pandas at {args.days[0]} days",
         "config": dataclasses.asdict(_config()),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_json(args.out, payload)
     print(f"{'engine':8} {'zones':>6} {'train rows':>11} {'table s':>8} {'wall s':>7} "
           f"{'x base':>7} {'driver MB':>10} {'workers MB':>12} {'MAE':>6} {'cover':>6}")  # fmt: skip
     for r in runs:
-        w = "/".join(f"{v:.0f}" for v in r["worker_peak_rss_mb"]) or "-"
+        w = workers_cell(r)
         print(
             f"{r['engine']:8} {r['zones']:>6} {r['training_rows']:>11,} {r['table_s']:>8.1f} "
             f"{r['wall_s']:>7.0f} {r['wall_ratio_to_baseline']:>7.2f} "
