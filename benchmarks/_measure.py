@@ -8,6 +8,7 @@ as files, so their folder is on ``sys.path``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -50,11 +51,16 @@ def add_ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return base
 
 
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version()}
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_results(path: Path, what: str, baseline: str, config: Any, runs: list[Any]) -> None:
+    """The JSON every engine benchmark writes: what was measured, on which machine, against
+    which baseline run, with which config (a dataclass), and the runs."""
+    payload = {
+        "what": what,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "baseline": baseline,
+        "config": dataclasses.asdict(config),
+        "runs": runs,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 

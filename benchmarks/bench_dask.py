@@ -14,20 +14,11 @@ run at the smallest size is the baseline every ratio refers to.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-from _measure import (
-    add_ratios,
-    in_fresh_process,
-    machine,
-    peak_rss_mb,
-    worker_peak_rss_mb,
-    workers_cell,
-    write_json,
-)
+import _measure as measure
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "dask_eta.json"
@@ -80,7 +71,7 @@ def _run(engine: str, rows_m: float, workers: int, out: Any) -> None:
         with dask_client(cfg) as client:
             ddf = by_route_day(deliveries, 4 * workers)
             result = train_eta_dask(ddf, test_from, config, client)
-            worker_rss = worker_peak_rss_mb(client)
+            worker_rss = measure.worker_peak_rss_mb(client)
     wall = time.perf_counter() - t0
     batch = queries_from_deliveries(deliveries)
     n_rows = int(np.sum(batch.q_route_day[batch.t_query] < day_of(test_from)))
@@ -97,7 +88,7 @@ def _run(engine: str, rows_m: float, workers: int, out: Any) -> None:
             "query_stop_rows": n_rows,
             "wall_s": wall,
             "rows_per_s": n_rows / wall,
-            "driver_peak_rss_mb": peak_rss_mb(),
+            "driver_peak_rss_mb": measure.peak_rss_mb(),
             "worker_peak_rss_mb": worker_rss,
             "holdout_mae_min": mae,
         }
@@ -105,7 +96,7 @@ def _run(engine: str, rows_m: float, workers: int, out: Any) -> None:
 
 
 def run(engine: str, rows_m: float, workers: int) -> dict[str, Any]:
-    return in_fresh_process(_run, engine, rows_m, workers)
+    return measure.in_fresh_process(_run, engine, rows_m, workers)
 
 
 def main() -> None:
@@ -122,19 +113,18 @@ def main() -> None:
             runs.append(run(engine, size, args.workers))
             r = runs[-1]
             print(f"  {r['query_stop_rows']:,} rows in {r['wall_s']:.0f} s", flush=True)
-    base = add_ratios(runs)
-    payload = {
-        "what": "EtaFeaturizer fit + queries + features + quantile boosters (2 modes), same light booster",
-        "machine": machine(),
-        "baseline": f"pandas at {base['target_rows_m']}M rows",
-        "config": dataclasses.asdict(_config()),
-        "runs": runs,
-    }
-    write_json(args.out, payload)
+    base = measure.add_ratios(runs)
+    measure.write_results(
+        args.out,
+        "EtaFeaturizer fit + queries + features + quantile boosters (2 modes), same light booster",
+        f"pandas at {base['target_rows_m']}M rows",
+        _config(),
+        runs,
+    )
     print(f"{'engine':8} {'rows':>12} {'wall s':>8} {'rows/s':>10} {'x base':>7} "
           f"{'driver MB':>10} {'workers MB':>14} {'MAE ord/unord':>15}")  # fmt: skip
     for r in runs:
-        w = workers_cell(r)
+        w = measure.workers_cell(r)
         mae = "/".join(f"{v:.2f}" for v in r["holdout_mae_min"].values())
         print(
             f"{r['engine']:8} {r['query_stop_rows']:>12,} {r['wall_s']:>8.0f} "

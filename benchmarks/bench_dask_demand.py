@@ -23,15 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _measure import (
-    add_ratios,
-    in_fresh_process,
-    machine,
-    peak_rss_mb,
-    worker_peak_rss_mb,
-    workers_cell,
-    write_json,
-)
+import _measure as measure
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "dask_demand.json"
@@ -103,7 +95,7 @@ def _run(engine: str, deliveries: str, workers: int, out: Any) -> None:
             before = ddf[ddf[s.TS] < test_from]
             result = train_demand_dask(before, "h", test_from, client, spec, config)
             table = ddf.compute().sort_values([s.ZONE_ID, s.TS]).reset_index(drop=True)
-            worker_rss = worker_peak_rss_mb(client)
+            worker_rss = measure.worker_peak_rss_mb(client)
     wall = time.perf_counter() - t0
     n_rows = result.n_rows["fit"] + result.n_rows["valid"]
     out.put(
@@ -118,7 +110,7 @@ def _run(engine: str, deliveries: str, workers: int, out: Any) -> None:
             "table_s": t_table,
             "wall_s": wall,
             "rows_per_s": n_rows / wall,
-            "driver_peak_rss_mb": peak_rss_mb(),
+            "driver_peak_rss_mb": measure.peak_rss_mb(),
             "worker_peak_rss_mb": worker_rss,
             **_scores(result, table),
         }
@@ -126,7 +118,7 @@ def _run(engine: str, deliveries: str, workers: int, out: Any) -> None:
 
 
 def run(engine: str, deliveries: str, workers: int) -> dict[str, Any]:
-    return in_fresh_process(_run, engine, deliveries, workers)
+    return measure.in_fresh_process(_run, engine, deliveries, workers)
 
 
 def main() -> None:
@@ -150,20 +142,19 @@ def main() -> None:
                 r["city"] = {"days": days, "couriers": args.couriers, "stops": summary.stops}
                 runs.append(r)
                 print(f"  {r['training_rows']:,} training rows in {r['wall_s']:.0f} s", flush=True)
-    add_ratios(runs)
-    payload = {
-        "what": "hourly demand table from partitioned deliveries + train_demand (features, "
+    measure.add_ratios(runs)
+    measure.write_results(
+        args.out,
+        "hourly demand table from partitioned deliveries + train_demand (features, "
         "Poisson and quantile boosters, calibration), same light booster, no subsampling",
-        "machine": machine(),
-        "baseline": f"pandas at {args.days[0]} days",
-        "config": dataclasses.asdict(_config()),
-        "runs": runs,
-    }
-    write_json(args.out, payload)
+        f"pandas at {args.days[0]} days",
+        _config(),
+        runs,
+    )
     print(f"{'engine':8} {'zones':>6} {'train rows':>11} {'table s':>8} {'wall s':>7} "
           f"{'x base':>7} {'driver MB':>10} {'workers MB':>12} {'MAE':>6} {'cover':>6}")  # fmt: skip
     for r in runs:
-        w = workers_cell(r)
+        w = measure.workers_cell(r)
         print(
             f"{r['engine']:8} {r['zones']:>6} {r['training_rows']:>11,} {r['table_s']:>8.1f} "
             f"{r['wall_s']:>7.0f} {r['wall_ratio_to_baseline']:>7.2f} "
