@@ -32,6 +32,25 @@ err = Console(stderr=True)
 EXIT_BAD_INPUT = 2
 
 
+# the engine options of `train eta` and `train demand`
+EngineOption = Annotated[
+    str, typer.Option(help="pandas (this process) | dask (features and boosters on Dask)")
+]
+SchedulerOption = Annotated[
+    str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")
+]
+WorkersOption = Annotated[int, typer.Option(help="Local Dask cluster workers")]
+
+
+def _engine_config(engine: str, scheduler: str | None, workers: int) -> Any:
+    """The ``training.engine.EngineConfig`` of the engine options (a clear error otherwise)."""
+    from training.engine import EngineConfig
+
+    if engine not in ("pandas", "dask"):
+        raise ValueError(f"--engine: must be pandas or dask, got {engine!r}")
+    return EngineConfig(engine=engine, scheduler=scheduler, n_workers=workers)  # type: ignore[arg-type]
+
+
 def _fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}")
     return typer.Exit(EXIT_BAD_INPUT)
@@ -391,24 +410,17 @@ def train_eta_cmd(
     days: Annotated[int, typer.Option(help="Simulated days (no --data)")] = 60,
     couriers: Annotated[int, typer.Option(help="Simulated couriers (no --data)")] = 60,
     seed: Annotated[int, typer.Option(help="Simulation seed")] = 7,
-    engine: Annotated[
-        str, typer.Option(help="pandas (this process) | dask (features and boosters on Dask)")
-    ] = "pandas",
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Local Dask cluster workers")] = 2,
+    engine: EngineOption = "pandas",
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = 2,
 ) -> None:
     """Train the ETA model, log it to MLflow, register doorstep-eta, promote if it wins."""
     from doorstep.config import load_yaml
-    from training.engine import EngineConfig
     from training.eta import EtaConfig
     from training.pipeline_eta import train_and_register_eta
 
     try:
-        if engine not in ("pandas", "dask"):
-            raise ValueError(f"--engine: must be pandas or dask, got {engine!r}")
-        eng = EngineConfig(engine=engine, scheduler=scheduler, n_workers=workers)  # type: ignore[arg-type]
+        eng = _engine_config(engine, scheduler, workers)
         cfg = load_yaml(EtaConfig, config if config and config.exists() else None)
         deliveries, source = _load_training_data(data, format, days, couriers, seed)
         with console.status(f"training ETA and leg models ({engine}), evaluating, logging"):
@@ -535,22 +547,16 @@ def train_demand_cmd(
             "writes): the demand tables are counted from them instead of --history"
         ),
     ] = None,
-    engine: Annotated[
-        str, typer.Option(help="pandas (this process) | dask (features and boosters on Dask)")
-    ] = "pandas",
-    scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Local Dask cluster workers")] = 2,
+    engine: EngineOption = "pandas",
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = 2,
 ) -> None:
     """Train the demand model(s), log to MLflow, register doorstep-demand, promote if it wins."""
     from training.benchmark_demand import best_baseline, fmt
-    from training.engine import EngineConfig
     from training.pipeline_demand import load_demand_config, train_and_register_demand
 
     try:
-        if engine not in ("pandas", "dask"):
-            raise ValueError(f"--engine: must be pandas or dask, got {engine!r}")
+        eng = _engine_config(engine, scheduler, workers)
         if deliveries is not None and history is not None:
             raise ValueError("--deliveries, --history: give one of them")
         cfg = load_demand_config(config if config and config.exists() else None)
@@ -560,7 +566,6 @@ def train_demand_cmd(
         if engine == "dask":
             from training.engine import dask_client
 
-            eng = EngineConfig(engine="dask", scheduler=scheduler, n_workers=workers)
             with dask_client(eng) as client:
                 hourly, daily, source = _demand_tables(
                     history, deliveries, freq, days, couriers, seed, client
