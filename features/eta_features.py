@@ -189,9 +189,9 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         rank_key = np.where(np.isfinite(habit_rank), habit_rank, 2.0 + dist)
         pseudo_r = segment_rank(q, rank_key)
         along_r = _sorted_along(q, pseudo_r)
-        pseudo_r_path = _path_along(q, pseudo_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng, along_r)
+        pseudo_r_path = _path_along(along_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         pseudo = segment_rank(q, pseudo_key)
-        pseudo_path = _path_along(q, pseudo, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        pseudo_path = _path_along(_sorted_along(q, pseudo), b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         nn = nn_tour(q, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         along_nn = _sorted_along(q, nn)
         cost = np.where(
@@ -204,11 +204,11 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             last_aoi.ratio("gap_next", "n_gap"),
         )
         last_cost = np.where(np.isfinite(last_cost), last_cost, 0.0)[q]
-        nn_path = _path_along(q, nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng, along_nn)
+        nn_path = _path_along(along_nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         min_per_switch = courier.ratio("active_min", "switches")
         areas = _Areas.of(b)
-        nn_sw = _switches_along(q, nn, b.t_aoi, b.q_last_aoi, along_nn, areas)
-        pseudo_sw = _switches_along(q, pseudo_r, b.t_aoi, b.q_last_aoi, along_r, areas)
+        nn_sw = _switches_along(along_nn, areas)
+        pseudo_sw = _switches_along(along_r, areas)
         cen_lat = np.bincount(q, b.t_lat, b.n_queries) / np.maximum(n_rem, 1)
         cen_lng = np.bincount(q, b.t_lng, b.n_queries) / np.maximum(n_rem, 1)
         same_aoi = _count_same(q, b.t_aoi) - 1.0
@@ -265,8 +265,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "ready_rank_frac": segment_rank(q, -np.nan_to_num(b.t_ready_min)) / n_rem[q],
             "courier_end_delta": courier.mean("end_clock")[q] - clock,
             "stop_cost_min": cost,
-            "nn_cost_sum_min": _cumsum_before(q, nn, cost, along_nn) + last_cost,
-            "pseudo_cost_sum_min": _cumsum_before(q, pseudo_r, cost, along_r) + last_cost,
+            "nn_cost_sum_min": _cumsum_before(along_nn, cost) + last_cost,
+            "pseudo_cost_sum_min": _cumsum_before(along_r, cost) + last_cost,
             "_cost": cost,
             "_areas": areas,  # type: ignore[dict-item]
             "_last_cost": last_cost,
@@ -282,7 +282,7 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         q = b.t_query
         seq = b.t_seq.astype(np.float64)
         along = _sorted_along(q, b.t_seq)
-        path = _path_along(q, b.t_seq, b.q_lat, b.q_lng, b.t_lat, b.t_lng, along)
+        path = _path_along(along, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         areas: _Areas = cols["_areas"]  # type: ignore[assignment]
         return {
             "seq": seq,
@@ -291,12 +291,9 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "path_est_min": path / cols["_km_per_min"],
             "seq_est_min": (seq + 1.0) * cols["_min_per_stop"],
             "planned_min": b.t_planned_min,
-            "seq_switches": (
-                sw := _switches_along(q, b.t_seq, b.t_aoi, b.q_last_aoi, along, areas)
-            ),
+            "seq_switches": (sw := _switches_along(along, areas)),
             "seq_switch_est_min": sw * cols["courier_min_per_switch"],
-            "seq_cost_sum_min": _cumsum_before(q, b.t_seq, cols["_cost"], along)
-            + cols["_last_cost"],
+            "seq_cost_sum_min": _cumsum_before(along, cols["_cost"]) + cols["_last_cost"],
         }
 
 
@@ -401,35 +398,22 @@ def _zero_nan(km: FloatArray) -> FloatArray:
     return km
 
 
-def _switches_along(
-    group: npt.NDArray[np.int64],
-    seq: npt.NDArray[np.int64],
-    aoi: npt.NDArray[np.object_],
-    q_last_aoi: npt.NDArray[np.object_],
-    along: _Along | None = None,
-    areas: _Areas | None = None,
-) -> FloatArray:
-    """Area changes from the current area up to and including each target along ``seq``.
+def _switches_along(along: _Along, areas: _Areas) -> FloatArray:
+    """Area changes from the current area up to and including each target along a sequence.
 
     NaN where areas are unknown: the count means nothing without them.
     """
-    order, g, first = along if along is not None else _sorted_along(group, seq)
-    if areas is None:
-        areas = _Areas(aoi.astype(str), q_last_aoi.astype(str), aoi == "")
+    order, g, first = along
     a = areas.targets[order]
     prev = np.where(first, areas.last[g], np.concatenate(([""], a[:-1])))
     out = _unsort(order, _running_sum((a != prev).astype(np.float64), first))
     return np.where(areas.unknown, np.nan, out)
 
 
-def _cumsum_before(
-    group: npt.NDArray[np.int64],
-    seq: npt.NDArray[np.int64],
-    values: FloatArray,
-    along: _Along | None = None,
-) -> FloatArray:
-    """Sum of ``values`` of the targets before each one along ``seq`` (trees cannot add rows)."""
-    order, _, first = along if along is not None else _sorted_along(group, seq)
+def _cumsum_before(along: _Along, values: FloatArray) -> FloatArray:
+    """Sum of ``values`` of the targets before each one along a sequence (trees cannot add
+    rows)."""
+    order, _, first = along
     v = values[order]
     return _unsort(order, _running_sum(v, first) - v)
 
@@ -513,16 +497,10 @@ def _count_same(group: npt.NDArray[np.int64], values: npt.NDArray[np.object_]) -
 
 
 def _path_along(
-    group: npt.NDArray[np.int64],
-    seq: npt.NDArray[np.int64],
-    q_lat: FloatArray,
-    q_lng: FloatArray,
-    lat: FloatArray,
-    lng: FloatArray,
-    along: _Along | None = None,
+    along: _Along, q_lat: FloatArray, q_lng: FloatArray, lat: FloatArray, lng: FloatArray
 ) -> FloatArray:
-    """Km from the query position through the targets in ``seq`` order up to each target."""
-    order, g, first = along if along is not None else _sorted_along(group, seq)
+    """Km from the query position through the targets in sequence order up to each target."""
+    order, g, first = along
     la, lo = lat[order], lng[order]
     prev_lat = np.where(first, q_lat[g], np.concatenate(([np.nan], la[:-1])))
     prev_lng = np.where(first, q_lng[g], np.concatenate(([np.nan], lo[:-1])))
