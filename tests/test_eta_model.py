@@ -14,7 +14,7 @@ from doorstep.eta_bundle import EtaPrediction, finish, horizon_bucket, shape
 from features.eta_queries import QueryBatch, queries_from_deliveries
 from tests.synth import make_deliveries
 from training.benchmark_eta import run_eta_benchmark
-from training.eta import BoosterParams, EtaConfig, conformal_offsets, make_split
+from training.eta import BoosterParams, EtaConfig, bound_rounds, conformal_offsets, make_split
 
 TINY = EtaConfig(
     booster=BoosterParams(n_estimators=40, num_leaves=15, min_child_samples=10, early_stopping_rounds=10),
@@ -93,6 +93,19 @@ def test_ordered_predictions_never_decrease_along_the_plan(bench: object) -> Non
     for col in ("p10", "p50", "p90"):
         assert (frame.groupby("q")[col].diff().dropna() >= -1e-9).all()
     assert np.all(pred.p10 <= pred.p50) and np.all(pred.p50 <= pred.p90)
+
+
+def test_bound_boosters_train_their_share_of_the_rounds(bench: object) -> None:
+    train = bench.train  # type: ignore[attr-defined]
+    for mode, model in train.bundle.modes.items():
+        best = train.best_iterations[mode]
+        assert model.boosters[0.5].num_trees() == best
+        for q in (0.1, 0.9):
+            assert model.boosters[q].num_trees() == bound_rounds(best, TINY)
+    assert bound_rounds(100, TINY) == 67 and bound_rounds(12, TINY) == 10
+    assert bound_rounds(100, dataclasses.replace(TINY, bound_rounds_share=1.0)) == 100
+    with pytest.raises(ValueError, match="bound_rounds_share"):
+        dataclasses.replace(TINY, bound_rounds_share=0.0)
 
 
 def test_training_never_sees_the_test_days() -> None:
