@@ -13,7 +13,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
+import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,22 +33,54 @@ def worker_peak_rss_mb(client: Any) -> list[float]:
     return [float(v) for v in rss.values()]
 
 
-def in_fresh_process(target: Callable[..., None], *args: Any) -> dict[str, Any]:
-    """``target(*args, queue)`` in a spawned process; what it puts on the queue."""
+def _capped(target: Callable[..., None], cap_gb: float | None, *args: Any) -> None:
+    """``target(*args)`` under an address-space cap of ``cap_gb`` GiB; a run that outgrows it
+    puts its failure on the queue (``args[-1]``) instead of taking the machine down."""
+    out = args[-1]
+    if cap_gb is not None:
+        # the soft limit only, so the handler below can lift it to report (a thread to start)
+        resource.setrlimit(resource.RLIMIT_AS, (int(cap_gb * 2**30), resource.RLIM_INFINITY))
+    start = time.perf_counter()
+    try:
+        target(*args)
+    except Exception as e:  # MemoryError from numpy, LightGBMError(std::bad_alloc) from C++
+        traceback.print_exc()
+        if cap_gb is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
+        out.put({"failed": f"{type(e).__name__}: {str(e)[:200]}",
+                 "failed_after_s": time.perf_counter() - start,
+                 "driver_peak_rss_mb": peak_rss_mb(), "memory_cap_gb": cap_gb})  # fmt: skip
+
+
+def in_fresh_process(
+    target: Callable[..., None], *args: Any, cap_gb: float | None = None
+) -> dict[str, Any]:
+    """``target(*args, queue)`` in a spawned process (under ``cap_gb`` GiB of address space if
+    given); what it puts on the queue, or a ``failed`` record if the process dies without."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
+    p = ctx.Process(target=_capped, args=(target, cap_gb, *args, q))
+    start = time.perf_counter()
     p.start()
-    result: dict[str, Any] = q.get()
+    while True:
+        try:
+            result: dict[str, Any] = q.get(timeout=10)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                result = {"failed": f"process died (exit code {p.exitcode})",
+                          "failed_after_s": time.perf_counter() - start, "memory_cap_gb": cap_gb}  # fmt: skip
+                break
     p.join()
     return result
 
 
 def add_ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each run's wall seconds and rows/s as ratios to the baseline (the first pandas run, else
-    the first run), which is returned."""
-    base = next((r for r in runs if r["engine"] == "pandas"), runs[0])
-    for r in runs:
+    """Each finished run's wall seconds and rows/s as ratios to the baseline (the first finished
+    pandas run, else the first finished run), which is returned; failed runs get none."""
+    done = [r for r in runs if "failed" not in r]
+    base = next((r for r in done if r["engine"] == "pandas"), (done or runs)[0])
+    for r in done:
         r["wall_ratio_to_baseline"] = r["wall_s"] / base["wall_s"]
         r["rows_per_s_ratio_to_baseline"] = r["rows_per_s"] / base["rows_per_s"]
     return base
@@ -67,4 +102,4 @@ def write_results(path: Path, what: str, baseline: str, config: Any, runs: list[
 
 def workers_cell(run: dict[str, Any]) -> str:
     """The workers' peak MB for the printed table, ``-`` for a run without workers."""
-    return "/".join(f"{v:.0f}" for v in run["worker_peak_rss_mb"]) or "-"
+    return "/".join(f"{v:.0f}" for v in run.get("worker_peak_rss_mb", [])) or "-"

@@ -103,9 +103,10 @@ def window_features(
     names = feature_names(mode)
     meta = pd.DataFrame({**{n: np.empty(0, np.float32) for n in names},
                          LABEL: np.empty(0), DAY: np.empty(0, np.int64)})  # fmt: skip
-    parts = [
-        dask.delayed(_window_frame)(p, featurizer, mode, lo, hi, target) for p in ddf.to_delayed()
-    ]
+    # one task holds the fitted featurizer and every partition depends on it: passed as a
+    # literal it is copied into each partition's task, which on a long history is gigabytes
+    fitted = dask.delayed(featurizer)
+    parts = [dask.delayed(_window_frame)(p, fitted, mode, lo, hi, target) for p in ddf.to_delayed()]
     return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
 
@@ -173,6 +174,7 @@ def train_eta_dask(
                 ).booster_
                 for q in QUANTILES
             }
+            del both
         else:
             boosters = {0.5: _truncated(median, best[mode])} | {
                 q: _fit_quantile(
@@ -195,6 +197,7 @@ def train_eta_dask(
         rows[f"{mode}.fit"] = int(fit.shape[0].compute())
         rows[f"{mode}.valid"] = int(valid.shape[0].compute())
         rows[f"{mode}.calibration"] = cal[1].n_targets
+        del fit, valid  # the workers free this mode's rows before the next mode's are built
     window = featurizer.window_
     out = EtaBundle(featurizer, modes, training_window=window, num_threads=1)
     return EtaTrainResult(
