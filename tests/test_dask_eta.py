@@ -28,7 +28,7 @@ from training.dask_eta import (
     window_features,
 )
 from training.engine import EngineConfig, dask_client
-from training.eta import _target, day_of, train_eta
+from training.eta import _target, bound_rounds, day_of, train_eta
 
 TEST_FROM = "2021-06-28"
 CONFIG = dataclasses.replace(TINY, max_train_queries=10**9, num_threads=1)  # no subsampling
@@ -106,6 +106,10 @@ def test_dask_training_matches_pandas_accuracy(deliveries: pd.DataFrame, client:
             cover = np.mean((pred.p10 <= test.t_label_min) & (test.t_label_min <= pred.p90))
             assert 0.6 <= cover <= 0.97, (name, mode, cover)
         assert maes["dask"] <= maes["pandas"] * 1.15 + 0.5, maes
+        for result in (dask_result, pandas_result):  # both engines: bounds get their share
+            boosters, best = result.bundle.modes[mode].boosters, result.best_iterations[mode]
+            assert boosters[0.5].num_trees() == best
+            assert boosters[0.9].num_trees() == bound_rounds(best, CONFIG)
     assert dask_result.bundle.feature_set == pandas_result.bundle.feature_set
     assert dask_result.split == pandas_result.split
 

@@ -35,8 +35,10 @@ from training.engine import nonempty
 from training.eta import (
     EtaConfig,
     EtaTrainResult,
+    _bound_params,
     _lgb_params,
     _target,
+    bound_rounds,
     conformal_offsets,
     day_of,
     split_days,
@@ -120,7 +122,11 @@ def _fit_quantile(
     client: Any,
     eval_set: list[tuple[dd.DataFrame, dd.Series]] | None = None,
 ) -> lgb.DaskLGBMRegressor:
-    params = _lgb_params(config.booster, alpha, config.seed, config.num_threads)
+    params = (
+        _lgb_params(config.booster, alpha, config.seed, config.num_threads)
+        if alpha == 0.5
+        else _bound_params(config, alpha)
+    )
     params.pop("num_threads")
     params.pop("verbosity")
     model = lgb.DaskLGBMRegressor(
@@ -131,6 +137,11 @@ def _fit_quantile(
         **params,
     )
     return model.fit(X, y, eval_set=eval_set, eval_metric="quantile", categorical_feature=cats)
+
+
+def _rounds(alpha: float, best: int, config: EtaConfig) -> int:
+    """The P50 keeps the early-stopped rounds; the bounds train their share (as train_eta)."""
+    return best if alpha == 0.5 else bound_rounds(best, config)
 
 
 def _truncated(model: lgb.DaskLGBMRegressor, rounds: int) -> lgb.Booster:
@@ -170,7 +181,13 @@ def train_eta_dask(
             both = dd.concat([fit, valid])
             boosters = {
                 q: _fit_quantile(
-                    both[names], both[LABEL], q, config, best[mode], cats, client
+                    both[names],
+                    both[LABEL],
+                    q,
+                    config,
+                    _rounds(q, best[mode], config),
+                    cats,
+                    client,
                 ).booster_
                 for q in QUANTILES
             }
@@ -178,7 +195,7 @@ def train_eta_dask(
         else:
             boosters = {0.5: _truncated(median, best[mode])} | {
                 q: _fit_quantile(
-                    fit[names], fit[LABEL], q, config, best[mode], cats, client
+                    fit[names], fit[LABEL], q, config, _rounds(q, best[mode], config), cats, client
                 ).booster_
                 for q in QUANTILES
                 if q != 0.5
