@@ -35,12 +35,11 @@ from training.engine import nonempty
 from training.eta import (
     EtaConfig,
     EtaTrainResult,
-    _bound_params,
-    _lgb_params,
     _target,
-    bound_rounds,
     conformal_offsets,
     day_of,
+    quantile_params,
+    quantile_rounds,
     split_days,
 )
 
@@ -122,11 +121,7 @@ def _fit_quantile(
     client: Any,
     eval_set: list[tuple[dd.DataFrame, dd.Series]] | None = None,
 ) -> lgb.DaskLGBMRegressor:
-    params = (
-        _lgb_params(config.booster, alpha, config.seed, config.num_threads)
-        if alpha == 0.5
-        else _bound_params(config, alpha)
-    )
+    params = quantile_params(config, alpha)
     params.pop("num_threads")
     params.pop("verbosity")
     model = lgb.DaskLGBMRegressor(
@@ -137,11 +132,6 @@ def _fit_quantile(
         **params,
     )
     return model.fit(X, y, eval_set=eval_set, eval_metric="quantile", categorical_feature=cats)
-
-
-def _rounds(alpha: float, best: int, config: EtaConfig) -> int:
-    """The P50 keeps the early-stopped rounds; the bounds train their share (as train_eta)."""
-    return best if alpha == 0.5 else bound_rounds(best, config)
 
 
 def _truncated(model: lgb.DaskLGBMRegressor, rounds: int) -> lgb.Booster:
@@ -185,7 +175,7 @@ def train_eta_dask(
                     both[LABEL],
                     q,
                     config,
-                    _rounds(q, best[mode], config),
+                    quantile_rounds(q, best[mode], config),
                     cats,
                     client,
                 ).booster_
@@ -195,7 +185,13 @@ def train_eta_dask(
         else:
             boosters = {0.5: _truncated(median, best[mode])} | {
                 q: _fit_quantile(
-                    fit[names], fit[LABEL], q, config, _rounds(q, best[mode], config), cats, client
+                    fit[names],
+                    fit[LABEL],
+                    q,
+                    config,
+                    quantile_rounds(q, best[mode], config),
+                    cats,
+                    client,
                 ).booster_
                 for q in QUANTILES
                 if q != 0.5

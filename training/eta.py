@@ -175,12 +175,13 @@ def fit_mode(
         callbacks=cbs + (callbacks or []),
     )
     best = max(median.best_iteration or config.booster.n_estimators, 10)
-    bound = bound_rounds(best, config)
     if config.refit_full:
         boosters = _train_quantiles([X_tr, X_va], [y_tr, y_va], mode, config, best)
     else:
         boosters = {0.5: median} | {
-            alpha: lgb.train(_bound_params(config, alpha), dtrain, bound)
+            alpha: lgb.train(
+                quantile_params(config, alpha), dtrain, quantile_rounds(alpha, best, config)
+            )
             for alpha in QUANTILES
             if alpha != 0.5
         }
@@ -192,11 +193,17 @@ def bound_rounds(rounds: int, config: EtaConfig) -> int:
     return min(rounds, max(round(rounds * config.bound_rounds_share), 10))
 
 
-def _bound_params(config: EtaConfig, alpha: float) -> dict[str, Any]:
-    """A P10/P90 booster's parameters: fewer rounds at a proportionally larger step, so it
-    travels as far as the P50 does."""
+def quantile_rounds(alpha: float, rounds: int, config: EtaConfig) -> int:
+    """Rounds of the ``alpha`` booster when the P50 has ``rounds`` (both engines use it)."""
+    return rounds if alpha == 0.5 else bound_rounds(rounds, config)
+
+
+def quantile_params(config: EtaConfig, alpha: float) -> dict[str, Any]:
+    """The ``alpha`` booster's LightGBM parameters: a P10/P90 booster trains fewer rounds
+    (``quantile_rounds``) at a proportionally larger step, so it travels as far as the P50."""
     params = _lgb_params(config.booster, alpha, config.seed, config.num_threads)
-    params["learning_rate"] = config.booster.learning_rate / config.bound_rounds_share
+    if alpha != 0.5:
+        params["learning_rate"] = config.booster.learning_rate / config.bound_rounds_share
     return params
 
 
@@ -214,11 +221,10 @@ def _train_quantiles(
     data = lgb.Dataset(
         np.vstack(Xs), np.concatenate(ys), feature_name=names, categorical_feature=cats
     )
-    median = _lgb_params(config.booster, 0.5, config.seed, config.num_threads)
     return {
-        alpha: lgb.train(median, data, rounds)
-        if alpha == 0.5
-        else lgb.train(_bound_params(config, alpha), data, bound_rounds(rounds, config))
+        alpha: lgb.train(
+            quantile_params(config, alpha), data, quantile_rounds(alpha, rounds, config)
+        )
         for alpha in QUANTILES
     }
 
