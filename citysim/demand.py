@@ -95,10 +95,29 @@ def demand_model(cfg: CityConfig, city: City) -> DemandModel:
     )  # fmt: skip
 
 
-def zone_hour_volume(
+@dataclass(frozen=True)
+class ZoneHourIntensity:
+    """The factors of one day's expected volume per (zone, local hour), each drawn or known:
+    ``lam = (level * known * city * noise)[:, None] * shape * gamma``; the count is Poisson(lam).
+    Kept apart so that an analysis can ask what a forecaster knowing some of them could do."""
+
+    level: FloatArray  # (Z,) base x growth x weekday or holiday effect: known in advance
+    known: float  # the calendar's known multipliers: festival, post-holiday rebound
+    city: float  # exp(AR(1) shock) x rain: the city's unknown day factor
+    noise: FloatArray  # (Z,) the zone-day lognormal noise
+    shape: FloatArray  # (Z, 24) hourly shares for the day type
+    gamma: FloatArray  # (Z, 24) the per zone-hour gamma (the negative binomial's mixing)
+
+    @property
+    def lam(self) -> FloatArray:
+        return (self.level * self.known * self.city * self.noise)[:, None] * self.shape * self.gamma
+
+
+def zone_hour_intensity(
     cfg: CityConfig, model: DemandModel, cal: Calendar, day: int, rng: np.random.Generator
-) -> IntArray:
-    """Orders per (zone, local hour) of simulation day ``day`` (-1 is the eve), shape (Z, 24)."""
+) -> ZoneHourIntensity:
+    """The intensity factors of simulation day ``day`` (-1 is the eve); draws the zone-day noise
+    and the gammas from ``rng`` (in that order)."""
     i = cal.index(day)
     d = cfg.demand
     level = model.base * np.exp(model.growth * day / 365.25)
@@ -111,14 +130,19 @@ def zone_hour_volume(
     else:  # a working day; a make-up working weekend day behaves like a Wednesday
         dow = int(cal.dow[i])
         level = level * model.weekly[:, dow if dow < 5 else 2]
-    common = np.exp(cal.shock[i]) * cal.promo[i]
-    common *= d.rebound_factor if cal.rebound[i] else 1.0
-    common *= d.rain_factor if cal.rain[i] else 1.0
+    known = cal.promo[i] * (d.rebound_factor if cal.rebound[i] else 1.0)
+    city = np.exp(cal.shock[i]) * (d.rain_factor if cal.rain[i] else 1.0)
     noise = rng.lognormal(-0.5 * d.zone_day_sd**2, d.zone_day_sd, len(level))
     shape = model.hourly[1 if cal.weekend_like[i] else 0]
-    lam = (level * common * noise)[:, None] * shape
-    lam = lam * rng.gamma(d.dispersion, 1.0 / d.dispersion, lam.shape)
-    return rng.poisson(lam).astype(np.int64)
+    gamma = rng.gamma(d.dispersion, 1.0 / d.dispersion, shape.shape)
+    return ZoneHourIntensity(level, float(known), float(city), noise, shape, gamma)
+
+
+def zone_hour_volume(
+    cfg: CityConfig, model: DemandModel, cal: Calendar, day: int, rng: np.random.Generator
+) -> IntArray:
+    """Orders per (zone, local hour) of simulation day ``day`` (-1 is the eve), shape (Z, 24)."""
+    return rng.poisson(zone_hour_intensity(cfg, model, cal, day, rng).lam).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -355,3 +355,26 @@ def test_customer_windows_are_sometimes_waited_for(clean: SimResult) -> None:
     waited = (d[s.ARRIVAL_TIME] == d[s.WINDOW_START]) & has
     assert waited.sum() > 10
     assert (d.loc[has, s.ARRIVAL_TIME] >= d.loc[has, s.WINDOW_START]).mean() > 0.5
+
+
+def test_intensity_factors_are_what_the_demand_table_is_drawn_from(city: SimResult) -> None:
+    """``zone_hour_intensity`` (what benchmarks/demand_floor.py reads) is the rate the table's
+    counts come from: the same day's stream continued by a Poisson draw gives the table."""
+    from citysim.day import Context, day_rng
+    from citysim.demand import zone_hour_intensity
+
+    ctx = Context.create(MAIN, city.city)
+    day = 12  # 2021-05-01, inside the Labour Day break
+    rng = day_rng(MAIN, day)
+    parts = zone_hour_intensity(MAIN, ctx.model, ctx.cal, day, rng)
+    counts = rng.poisson(parts.lam)
+    date = pd.Timestamp(str(ctx.cal.dates[ctx.cal.index(day)]))
+    dem = city.demand[city.demand[s.TS].dt.normalize() == date]
+    zones = city.city.zones[s.ZONE_ID].astype(str)
+    table = dem.assign(z=dem[s.ZONE_ID].astype(str), h=dem[s.TS].dt.hour).pivot(
+        index="z", columns="h", values=s.VOLUME
+    )
+    np.testing.assert_array_equal(table.reindex(zones).to_numpy(), counts)
+    assert ctx.cal.holiday[ctx.cal.index(day)]
+    assert parts.lam.shape == (len(zones), 24) and (parts.noise > 0).all()
+    np.testing.assert_allclose(parts.gamma.mean(), 1.0, atol=0.05)  # the mixing has mean 1
