@@ -52,7 +52,8 @@ def median_table(mult: npt.NDArray[np.float64], dispersion: float, rng: np.rando
     return lookup
 
 
-def run(days: int, couriers: int, seed: int, test_from: str) -> dict[str, Any]:
+def run(days: int, couriers: int, seed: int, test_from: str, draws: int = DRAWS) -> dict[str, Any]:
+    """The floors, the baselines and (if its results exist) the model on one city."""
     from citysim import CityConfig
     from citysim.day import Context, day_rng
     from citysim.demand import zone_hour_intensity
@@ -102,9 +103,9 @@ def run(days: int, couriers: int, seed: int, test_from: str) -> dict[str, Any]:
         rows = day_of_row == k
         mu = (p.level * p.known)[cz[rows]] * p.shape[cz[rows], hour_of_row[rows]]
         p_rain = w.p_rain_after_rain if cal.rain[i - 1] else w.p_rain_after_dry
-        shock = d.ar_phi * cal.shock[i - 1] + sd_step * rng.standard_normal(DRAWS)
-        rain = np.where(rng.random(DRAWS) < p_rain, d.rain_factor, 1.0)
-        noise = rng.lognormal(-0.5 * d.zone_day_sd**2, d.zone_day_sd, DRAWS)
+        shock = d.ar_phi * cal.shock[i - 1] + sd_step * rng.standard_normal(draws)
+        rain = np.where(rng.random(draws) < p_rain, d.rain_factor, 1.0)
+        noise = rng.lognormal(-0.5 * d.zone_day_sd**2, d.zone_day_sd, draws)
         knowable = median_table(np.exp(shock) * rain * noise, d.dispersion, rng)
         points["knowable"][rows] = knowable(mu)
         points["city_day_known"][rows] = median_table(noise, d.dispersion, rng)(mu * p.city)
