@@ -14,7 +14,8 @@ days, pooled MASE over the training weeks' seasonal-naive MAE):
 
 No model learns these parameters exactly, so a learned forecast sits above ``knowable``; how far
 above is what the benchmark's MASE target is measured against. The volumes are recomputed from
-the simulator's own random streams and checked equal to a fresh simulation's.
+the simulator's own random streams (``tests/test_citysim.py`` checks that they are the simulated
+table's; for the benchmark city, seed 7, they were compared whole).
 
     .venv/bin/python benchmarks/demand_floor.py   # the benchmark city, ~2 minutes
 """
