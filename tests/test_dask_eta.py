@@ -195,3 +195,14 @@ def test_features_command_on_simulated_partitioned_parquet(tmp_path: Any) -> Non
     missing = runner.invoke(app, ["features", "eta", "--data", str(tmp_path / "nope"),
                                   "--test-from", "2021-05-01", "--out", str(tmp_path / "g")])  # fmt: skip
     assert missing.exit_code == 2 and "--data" in missing.output
+
+
+def test_dask_without_refit_keeps_the_early_stopped_median(
+    deliveries: pd.DataFrame, client: Any
+) -> None:
+    config = dataclasses.replace(CONFIG, refit_full=False, modes=("unordered",))
+    result = train_eta_dask(by_route_day(deliveries, npartitions=4), TEST_FROM, config, client)
+    boosters, best = result.bundle.modes["unordered"].boosters, result.best_iterations["unordered"]
+    assert sorted(boosters) == [0.1, 0.5, 0.9]
+    assert boosters[0.5].num_trees() == best  # the validation fit, truncated at its best round
+    assert boosters[0.1].num_trees() == boosters[0.9].num_trees() == bound_rounds(best, config)

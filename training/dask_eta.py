@@ -167,35 +167,19 @@ def train_eta_dask(
         )  # fmt: skip
         curve = next(iter(median.evals_result_.values()))["quantile"]
         best[mode] = max(int(np.argmin(curve)) + 1, MIN_ROUNDS)
-        if config.refit_full:
-            both = dd.concat([fit, valid])
-            boosters = {
-                q: _fit_quantile(
-                    both[names],
-                    both[LABEL],
-                    q,
-                    config,
-                    quantile_rounds(q, best[mode], config),
-                    cats,
-                    client,
-                ).booster_
-                for q in QUANTILES
-            }
-            del both
-        else:
-            boosters = {0.5: _truncated(median, best[mode])} | {
-                q: _fit_quantile(
-                    fit[names],
-                    fit[LABEL],
-                    q,
-                    config,
-                    quantile_rounds(q, best[mode], config),
-                    cats,
-                    client,
-                ).booster_
-                for q in QUANTILES
-                if q != 0.5
-            }
+        # refit on fit + valid with the best rounds, or keep the early-stopped P50 (truncated)
+        # and train only the bounds on the fit rows
+        data = dd.concat([fit, valid]) if config.refit_full else fit
+        boosters = {
+            q: _fit_quantile(
+                data[names], data[LABEL], q, config, quantile_rounds(q, best[mode], config),
+                cats, client,
+            ).booster_
+            if config.refit_full or q != 0.5
+            else _truncated(median, best[mode])
+            for q in QUANTILES
+        }  # fmt: skip
+        del data
         model = ModeModel(boosters=boosters, target=config.target)
         # the calibration window is days, not the history: it is brought here and scored
         cal = _calibration_rows(ddf, featurizer, m, split.fit_end, t_from)
