@@ -24,7 +24,15 @@ from citysim.demand import DemandModel, Orders, demand_model, orders_from_volume
 from citysim.frames import NAT, NS_PER_MIN, Table
 from citysim.odd import inject
 from citysim.routes import deviate, layout, plan_nearest
-from citysim.timing import Routes, Stops, actual_times, planned_times, service_minutes, windows
+from citysim.timing import (
+    Routes,
+    Stops,
+    actual_times,
+    planned_times,
+    service_draw,
+    service_nominal,
+    windows,
+)
 from features import schema as s
 
 DAY_STREAM = 3
@@ -72,11 +80,30 @@ def day_rng(cfg: CityConfig, day: int) -> np.random.Generator:
 
 def eve_orders(ctx: Context) -> Orders:
     """Orders of the day before the first day, placed after its cutoff (delivered on day 0)."""
-    rng = day_rng(ctx.cfg, -1)
+    return carried_orders(ctx, 0)
+
+
+def carried_orders(ctx: Context, day: int) -> Orders:
+    """Orders placed on ``day - 1`` from its cutoff on (delivered on ``day``), from that day's
+    stream: what ``run_day`` carries into ``day`` without simulating the days before."""
+    rng = day_rng(ctx.cfg, day - 1)
     orders = orders_from_volume(
-        ctx.model, zone_hour_volume(ctx.cfg, ctx.model, ctx.cal, -1, rng), rng
+        ctx.model, zone_hour_volume(ctx.cfg, ctx.model, ctx.cal, day - 1, rng), rng
     )
     return orders.take(orders.minute >= ctx.cfg.routes.cutoff_hour * 60).shifted(-MINUTES_PER_DAY)
+
+
+def day_orders(
+    ctx: Context, day: int, carry: Orders, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], Orders, Orders]:
+    """The day's zone-hour volume, the orders delivered today (``carry`` plus today's before
+    the cutoff) and tomorrow's carry; the first draws of the day's stream."""
+    cfg = ctx.cfg
+    volume = zone_hour_volume(cfg, ctx.model, ctx.cal, day, rng)
+    orders = orders_from_volume(ctx.model, volume, rng)
+    late = orders.minute >= cfg.routes.cutoff_hour * 60
+    today = Orders.concat([carry, orders.take(~late)])
+    return volume, today, orders.take(late).shifted(-MINUTES_PER_DAY)
 
 
 def run_day(ctx: Context, day: int, carry: Orders) -> tuple[DayOutput, Orders]:
@@ -84,10 +111,7 @@ def run_day(ctx: Context, day: int, carry: Orders) -> tuple[DayOutput, Orders]:
     cfg = ctx.cfg
     rng = day_rng(cfg, day)
     date = ctx.cal.dates[ctx.cal.index(day)]
-    volume = zone_hour_volume(cfg, ctx.model, ctx.cal, day, rng)
-    orders = orders_from_volume(ctx.model, volume, rng)
-    late = orders.minute >= cfg.routes.cutoff_hour * 60
-    today = Orders.concat([carry, orders.take(~late)])
+    volume, today, tomorrow = day_orders(ctx, day, carry, rng)
     deliveries, odd, n_routes = _deliveries(ctx, day, date, today, rng)
     midnight = pd.Timestamp(date).value
     demand = {
@@ -96,7 +120,7 @@ def run_day(ctx: Context, day: int, carry: Orders) -> tuple[DayOutput, Orders]:
         s.VOLUME: volume.ravel().astype(np.float64),
     }
     out = DayOutput(date, deliveries, demand, odd, n_routes, len(today))
-    return out, orders.take(late).shifted(-MINUTES_PER_DAY)
+    return out, tomorrow
 
 
 @dataclass(frozen=True)
@@ -142,9 +166,28 @@ def door_stops(ctx: Context, day: int, orders: Orders, rng: np.random.Generator)
     )  # fmt: skip
 
 
-def _deliveries(
-    ctx: Context, day: int, date: dt.date, orders: Orders, rng: np.random.Generator
-) -> tuple[Table, dict[str, int], int]:
+@dataclass(frozen=True)
+class DayPlan:
+    """Everything a day's clock times are drawn from: the stops, the routes and their latents
+    (pace, rain, service pace), the driven order, the windows. ``service_nominal`` is the
+    stops' noiseless time at the door (``stops.service`` is its realised draw)."""
+
+    door: DoorStops
+    stop_type: IntArray
+    service_nominal: FloatArray
+    rain: bool
+    vehicle: IntArray
+    stops: Stops
+    routes: Routes
+    planned: FloatArray
+    planned_seq: IntArray
+    window: tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]
+    driven: IntArray
+    zone_congestion: FloatArray
+
+
+def plan_day(ctx: Context, day: int, orders: Orders, rng: np.random.Generator) -> DayPlan:
+    """The day's inputs, drawn from ``rng`` up to (not including) the clock times' noise."""
     cfg, city = ctx.cfg, ctx.city
     i = ctx.cal.index(day)
     bld, cou = city.buildings, city.couriers
@@ -163,16 +206,8 @@ def _deliveries(
     rain = bool(ctx.cal.rain[i])
     vehicle = cou[f.VEHICLE_INDEX].to_numpy()[rc]
     service_pace = cou[f.SERVICE_PACE].to_numpy()[rc]
-    service = service_minutes(
-        cfg,
-        stop_type,
-        packages,
-        floor,
-        bld[c.WALKUP].to_numpy()[building],
-        service_pace[route],
-        rain,
-        rng,
-    )
+    nominal = service_nominal(cfg, stop_type, packages, floor, bld[c.WALKUP].to_numpy()[building])
+    service = service_draw(cfg, nominal, service_pace[route], rain, rng)
     stops = Stops(
         lat, lng, bld[c.ZONE_INDEX].to_numpy()[building], building, wave, service,
         bld[c.ACCESS_MIN].to_numpy()[building],
@@ -201,7 +236,38 @@ def _deliveries(
         reorder, reverse, rng,
     )  # fmt: skip
     zone_congestion = city.zones[c.CONGESTION].to_numpy()
-    actual = actual_times(cfg, driven, stops, routes, zone_congestion, window[:2], window[2], rng)
+    return DayPlan(
+        door, stop_type, nominal, rain, vehicle, stops, routes, planned, planned_seq, window,
+        driven, zone_congestion,
+    )  # fmt: skip
+
+
+def stop_numbers(date: dt.date, door: DoorStops) -> IntArray:
+    """The numeric part of the stop ids: a route's stops numbered by order time, so they say
+    nothing of the visiting order."""
+    route = door.route
+    n = len(route)
+    by_created = np.lexsort((door.created, route))
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_created] = np.arange(n) - np.searchsorted(route[by_created], route[by_created])
+    if n and rank.max() >= MAX_ROUTE_STOPS:
+        raise ValueError(f"a route has more than {MAX_ROUTE_STOPS - 1} stops: stop ids would clash")
+    return (
+        int(date.strftime("%Y%m%d")) * MAX_COURIERS + door.courier[route]
+    ) * MAX_ROUTE_STOPS + rank
+
+
+def _deliveries(
+    ctx: Context, day: int, date: dt.date, orders: Orders, rng: np.random.Generator
+) -> tuple[Table, dict[str, int], int]:
+    cfg, cou = ctx.cfg, ctx.city.couriers
+    p = plan_day(ctx, day, orders, rng)
+    door, stops, routes, window, driven = p.door, p.stops, p.routes, p.window, p.driven
+    wave, route, rc, vehicle = door.wave, door.route, door.courier, p.vehicle
+    building, packages, stop_type = door.building, door.packages, p.stop_type
+    planned, planned_seq = p.planned, p.planned_seq
+    lat, lng, n = stops.lat, stops.lng, len(door.route)
+    actual = actual_times(cfg, driven, stops, routes, p.zone_congestion, window[:2], window[2], rng)
     dvalid = driven >= 0
     arrival = np.empty(n)
     departure = np.empty(n)
@@ -218,19 +284,12 @@ def _deliveries(
         seconds = np.round(np.where(ok, minutes, 0.0) * 60.0).astype(np.int64)
         return np.where(ok, midnight + seconds * 1_000_000_000, NAT)
 
-    # Stop ids number a route's stops by order time: they say nothing of the visiting order.
-    by_created = np.lexsort((door.created, route))
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_created] = np.arange(n) - np.searchsorted(route[by_created], route[by_created])
-    if n and rank.max() >= MAX_ROUTE_STOPS:
-        raise ValueError(f"a route has more than {MAX_ROUTE_STOPS - 1} stops: stop ids would clash")
     unknown = rng.random(n) < cfg.service.unknown_label_share
     numeric: Table = {
         s.ROUTE_ID: route,
         s.COURIER_ID: rc[route],
         s.VEHICLE_TYPE: vehicle[route],
-        s.STOP_ID: (int(date.strftime("%Y%m%d")) * MAX_COURIERS + rc[route]) * MAX_ROUTE_STOPS
-        + rank,
+        s.STOP_ID: stop_numbers(date, door),
         s.LAT: lat,
         s.LNG: lng,
         s.ZONE_ID: stops.zone,
@@ -254,7 +313,7 @@ def _deliveries(
     by_plan = np.lexsort((planned_seq, route))
     numeric = {k: v[by_plan] for k, v in numeric.items()}
     numeric, _, odd = inject(numeric, numeric[s.ROUTE_ID], cfg.odd, rng)
-    return _labelled(ctx, date, numeric, rc), odd, n_routes
+    return _labelled(ctx, date, numeric, rc), odd, len(rc)
 
 
 def _routes(
@@ -276,9 +335,7 @@ def _routes(
     dispatch = dispatch + rng.normal(0.0, 4.0, n)
     dispatch = np.where(late, rcfg.late_dispatch_hour * 60 + rng.uniform(-30, 60, n), dispatch)
     van = rcfg.van_hour * 60 + rng.normal(0.0, rcfg.van_sd_min, n_depots)[depot]
-    tenure = cou[f.TENURE_DAYS].to_numpy()[rc] + day
-    pace = cou[f.PACE].to_numpy()[rc] * (1 + fl.learning_gain * np.exp(-tenure / fl.learning_days))
-    pace = pace * rng.lognormal(0.0, fl.day_pace_sd, n)
+    pace = expected_pace(ctx, day, rc) * rng.lognormal(0.0, fl.day_pace_sd, n)
     rain_factor = cfg.weather.travel_factor.array()[vehicle] if rain else np.ones(n)
     return Routes(
         dispatch=dispatch,
@@ -297,21 +354,41 @@ def _routes(
     )
 
 
+def expected_pace(ctx: Context, day: int, rc: IntArray) -> FloatArray:
+    """The couriers' pace on ``day`` before the day's own lognormal factor: their habit,
+    slower while new (what anyone who knows the courier could expect)."""
+    fl = ctx.cfg.fleet
+    tenure = ctx.city.couriers[f.TENURE_DAYS].to_numpy()[rc] + day
+    pace: FloatArray = ctx.city.couriers[f.PACE].to_numpy()[rc] * (
+        1 + fl.learning_gain * np.exp(-tenure / fl.learning_days)
+    )
+    return pace
+
+
 def _labelled(ctx: Context, date: dt.date, numeric: Table, rc: np.ndarray) -> Table:
     """Codes to the strings of the contract (ids, labels); numbers and stamps pass through."""
     city = ctx.city
-    courier_ids = city.couriers[s.COURIER_ID].to_numpy(dtype=object)
-    ymd = date.strftime("%Y%m%d")
-    route_ids = np.array([f"{courier_ids[k]}-{ymd}" for k in rc], dtype=object)
     out = dict(numeric)
-    out[s.ROUTE_ID] = route_ids[numeric[s.ROUTE_ID]]
-    out[s.COURIER_ID] = courier_ids[numeric[s.COURIER_ID]]
+    out[s.ROUTE_ID] = route_names(ctx, date, rc)[numeric[s.ROUTE_ID]]
+    out[s.COURIER_ID] = city.couriers[s.COURIER_ID].to_numpy(dtype=object)[numeric[s.COURIER_ID]]
     out[s.VEHICLE_TYPE] = np.array([v.value for v in VEHICLES], dtype=object)[
         numeric[s.VEHICLE_TYPE]
     ]
-    out[s.STOP_ID] = np.char.add("S", numeric[s.STOP_ID].astype(str)).astype(object)
+    out[s.STOP_ID] = stop_names(numeric[s.STOP_ID])
     out[s.ZONE_ID] = city.zones[s.ZONE_ID].to_numpy(dtype=object)[numeric[s.ZONE_ID]]
     out[s.DEPOT_ID] = city.depots[s.DEPOT_ID].to_numpy(dtype=object)[numeric[s.DEPOT_ID]]
     out[s.AOI_ID] = city.buildings[s.AOI_ID].to_numpy(dtype=object)[numeric[s.AOI_ID]]
     out[s.STOP_TYPE] = STOP_TYPE_LABELS[numeric[s.STOP_TYPE]]
     return out
+
+
+def route_names(ctx: Context, date: dt.date, rc: IntArray) -> npt.NDArray[np.object_]:
+    """The contract's route ids (``<courier_id>-<yyyymmdd>``) of a day's routes."""
+    courier_ids = ctx.city.couriers[s.COURIER_ID].to_numpy(dtype=object)
+    ymd = date.strftime("%Y%m%d")
+    return np.array([f"{courier_ids[k]}-{ymd}" for k in rc], dtype=object)
+
+
+def stop_names(numbers: IntArray) -> npt.NDArray[np.object_]:
+    """The contract's stop ids of :func:`stop_numbers`."""
+    return np.char.add("S", numbers.astype(str)).astype(object)

@@ -76,12 +76,32 @@ def service_minutes(
     rng: np.random.Generator,
 ) -> FloatArray:
     """Minutes at the door: type base + parcels (sub-linear) + stairs, lognormal noise."""
+    nominal = service_nominal(cfg, stop_type, packages, floor, walkup)
+    return service_draw(cfg, nominal, service_pace, rain, rng)
+
+
+def service_nominal(
+    cfg: CityConfig, stop_type: IntArray, packages: IntArray, floor: IntArray, walkup: BoolArray
+) -> FloatArray:
+    """The noiseless part of the time at the door, before the courier's service pace."""
     sc = cfg.service
     base = sc.base_min.array()[stop_type]
     parcels = sc.per_parcel_min.array()[stop_type] * (packages - 1) ** 0.85
     stairs = np.where(walkup, sc.per_floor_min, sc.elevator_per_floor_min) * floor
-    noise = rng.lognormal(-0.5 * sc.noise_sd**2, sc.noise_sd, len(base))
-    out = (base + parcels + stairs) * noise * service_pace
+    return base + parcels + stairs
+
+
+def service_draw(
+    cfg: CityConfig,
+    nominal: FloatArray,
+    service_pace: FloatArray,
+    rain: bool,
+    rng: np.random.Generator,
+) -> FloatArray:
+    """One draw of the minutes at the door around ``nominal``: the noise and the rare long stop."""
+    sc = cfg.service
+    noise = rng.lognormal(-0.5 * sc.noise_sd**2, sc.noise_sd, len(nominal))
+    out = nominal * noise * service_pace
     out *= cfg.weather.service_factor if rain else 1.0
     long = rng.random(len(out)) < sc.long_share  # customer not home, a signature, a chat
     out[long] += rng.uniform(*sc.long_min, int(long.sum()))
@@ -137,6 +157,29 @@ def planned_times(
 
 
 @dataclass(frozen=True)
+class LegDraws:
+    """The random part of each leg (arrays of one shape): road detour and travel-time factors,
+    the minutes of a rare delay (0 on most legs), and the walk within a building (minutes at
+    service pace 1)."""
+
+    detour: FloatArray
+    noise: FloatArray
+    delay: FloatArray
+    intra: FloatArray
+
+
+def leg_draws(cfg: CityConfig, shape: tuple[int, ...], rng: np.random.Generator) -> LegDraws:
+    """The legs' noise, in the order ``actual_times`` has always drawn it (so a day's times
+    stay the same); ``citysim.replay`` draws fresh legs with it."""
+    rc = cfg.routes
+    detour = rng.lognormal(0.0, rc.detour_sd, shape)
+    noise = rng.lognormal(-0.5 * rc.leg_noise_sd**2, rc.leg_noise_sd, shape)
+    delay = (rng.random(shape) < rc.delay_prob) * rng.exponential(rc.delay_mean_min, shape)
+    intra = rng.uniform(*rc.intra_building_min, shape)
+    return LegDraws(detour, noise, delay, intra)
+
+
+@dataclass(frozen=True)
 class Actual:
     arrival: FloatArray  # padded, in driven order
     departure: FloatArray
@@ -162,16 +205,17 @@ def actual_times(
     lat, lng = gather(stops.lat, driven, np.nan), gather(stops.lng, driven, np.nan)
     hub = (routes.hub_lat, routes.hub_lng)
     km = _legs(lat, lng, (routes.depot_lat, routes.depot_lng), hub, n_first)
-    road = km * rc.detour * rng.lognormal(0.0, rc.detour_sd, km.shape)
-    noise = rng.lognormal(-0.5 * rc.leg_noise_sd**2, rc.leg_noise_sd, km.shape)
+    draws = leg_draws(cfg, km.shape, rng)
+    road = km * rc.detour * draws.detour
+    noise = draws.noise
     moving = road / routes.speed_kmh[:, None] * 60.0 * (routes.pace * routes.rain)[:, None] * noise
-    delay = (rng.random(km.shape) < rc.delay_prob) * rng.exponential(rc.delay_mean_min, km.shape)
+    delay = draws.delay
     fixed = routes.overhead[:, None] + gather(stops.access, driven, 0.0) + delay
     b = gather(stops.building, driven, -1)
     same = np.zeros_like(valid)
     same[:, 1:] = (b[:, 1:] == b[:, :-1]) & (b[:, 1:] >= 0)
     same &= np.arange(width)[None, :] != n_first[:, None]
-    intra = rng.uniform(*rc.intra_building_min, km.shape) * routes.service_pace[:, None]
+    intra = draws.intra * routes.service_pace[:, None]
     zone_c = gather(zone_congestion, gather(stops.zone, driven, 0), 1.0)
     prof = HOUR_CONGESTION[1 if routes.offday else 0]
     ws = gather(window[0], driven, np.nan)
