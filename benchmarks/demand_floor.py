@@ -6,6 +6,9 @@ could give, the median of the count's predictive distribution (MAE's optimum), o
 benchmark's points and scale (`doorstep benchmark demand --freq h`, every zone x hour of the test
 days, pooled MASE over the training weeks' seasonal-naive MAE):
 
+- ``festival_unknown``: ``knowable`` less the shopping festival's uplift (treated as an ordinary
+  day). On the benchmark city no training week has a festival, so no forecaster learning from
+  the table can know its size: this is the floor of what the history itself teaches;
 - ``knowable``: what could be known at 00:00 of the day: each zone's base, growth, weekday and
   hour shares, the calendar (holidays, rebound, festivals) and yesterday's city shock. Not known:
   today's AR(1) shock step, rain, the zone-day noise, the gamma and Poisson draws;
@@ -109,6 +112,8 @@ def run(days: int, couriers: int, seed: int, test_from: str, draws: int = DRAWS)
         noise = rng.lognormal(-0.5 * d.zone_day_sd**2, d.zone_day_sd, draws)
         knowable = median_table(np.exp(shock) * rain * noise, d.dispersion, rng)
         points["knowable"][rows] = knowable(mu)
+        # the festival's uplift, unseen in the training weeks, cannot be learned from the table
+        points["festival_unknown"][rows] = knowable(mu / cal.promo[i])
         points["city_day_known"][rows] = median_table(noise, d.dispersion, rng)(mu * p.city)
         exact = mu * p.city * p.noise[cz[rows]]
         nb = stats.nbinom(d.dispersion, d.dispersion / (d.dispersion + exact))
@@ -129,7 +134,7 @@ def run(days: int, couriers: int, seed: int, test_from: str, draws: int = DRAWS)
     return out
 
 
-INFO_SETS = ("knowable", "city_day_known", "zone_day_known")
+INFO_SETS = ("festival_unknown", "knowable", "city_day_known", "zone_day_known")
 
 
 def _volumes(cfg: Any, ctx: Any, days: int) -> npt.NDArray[np.int64]:

@@ -26,4 +26,5 @@ def test_floor_on_a_small_city() -> None:
     # more information helps, up to the Monte Carlo noise of the tabulated medians
     assert mase["zone_day_known"] <= mase["city_day_known"] + 0.01
     assert mase["city_day_known"] <= mase["knowable"] + 0.01
+    assert mase["knowable"] <= mase["festival_unknown"] + 0.01
     assert all(m["coverage_p10_p90"] is None for m in r["floors"].values())  # points, no window
