@@ -1,4 +1,4 @@
-"""ETA feature set eta_v1: pinned names, point-in-time profiles, no leakage, one code path."""
+"""ETA feature set eta_v2: pinned names, point-in-time profiles, no leakage, one code path."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def test_feature_names_are_pinned() -> None:
         "rank_dist",
         "rank_dist_frac",
     ]
-    assert len(unordered) == len(set(unordered)) == 56
+    assert len(unordered) == len(set(unordered)) == 58
+    assert unordered[-2:] == ["nn_leg_sum_min", "pseudo_leg_sum_min"]
     assert feature_names("ordered") == [
         *unordered,
         "seq",
@@ -42,6 +43,7 @@ def test_feature_names_are_pinned() -> None:
         "seq_switches",
         "seq_switch_est_min",
         "seq_cost_sum_min",
+        "seq_leg_sum_min",
     ]
     with pytest.raises(ValueError, match="mode: must be 'ordered' or 'unordered', got 'zigzag'"):
         feature_names("zigzag")  # type: ignore[arg-type]
@@ -208,3 +210,31 @@ def test_lookup_caches_are_not_pickled(deliveries: pd.DataFrame) -> None:
     np.testing.assert_array_equal(
         again.transform(batch, "ordered"), featurizer.transform(batch, "ordered")
     )
+
+
+def test_leg_sums_add_up_a_courier_leg_law_along_the_plan() -> None:
+    """Legs that cost 1.5 min inside an area and 2 + 3 x km to a new one: the fitted
+    per-courier leg line, summed along the plan, gives each stop's minutes exactly."""
+    from features.geo import haversine_km
+
+    d = make_deliveries(days=10, couriers=2, stops=8, seed=4)
+    d = d.sort_values([s.ROUTE_ID, s.PLANNED_SEQ]).reset_index(drop=True)
+    first = (d[s.ROUTE_ID] != d[s.ROUTE_ID].shift()).fillna(True).to_numpy(dtype=bool)
+    km = haversine_km(
+        d[s.LAT].shift().to_numpy(), d[s.LNG].shift().to_numpy(), d[s.LAT], d[s.LNG]
+    )
+    same = (d[s.AOI_ID] == d[s.AOI_ID].shift()).fillna(False).to_numpy(dtype=bool)
+    leg = np.where(first, 5.0, np.where(same, 1.5, 2.0 + 3.0 * np.nan_to_num(km)))
+    cum = pd.Series(leg).groupby(d[s.ROUTE_ID]).cumsum().to_numpy()
+    d[s.ARRIVAL_TIME] = d[s.DISPATCH_TIME] + pd.to_timedelta(cum, unit="min")
+    d[s.DEPARTURE_TIME] = d[s.ARRIVAL_TIME] + pd.Timedelta(minutes=1)
+    featurizer = EtaFeaturizer().fit(d)
+    batch = queries_from_deliveries(d)
+    X = pd.DataFrame(featurizer.transform(batch, "ordered"), columns=feature_names("ordered"))
+    after_a_stop = batch.q_n_done[batch.t_query] >= 1
+    seen_before = batch.q_day[batch.t_query] > batch.q_day.min()
+    rows = after_a_stop & seen_before
+    assert rows.sum() > 100
+    np.testing.assert_allclose(X["seq_leg_sum_min"][rows], batch.t_label_min[rows], atol=1e-6)
+    # without the plan, the same legs along a guessed order cost at least the straight way
+    assert (X["nn_leg_sum_min"][rows] >= 1.5 - 1e-9).all()
