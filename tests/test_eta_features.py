@@ -220,9 +220,7 @@ def test_leg_sums_add_up_a_courier_leg_law_along_the_plan() -> None:
     d = make_deliveries(days=10, couriers=2, stops=8, seed=4)
     d = d.sort_values([s.ROUTE_ID, s.PLANNED_SEQ]).reset_index(drop=True)
     first = (d[s.ROUTE_ID] != d[s.ROUTE_ID].shift()).fillna(True).to_numpy(dtype=bool)
-    km = haversine_km(
-        d[s.LAT].shift().to_numpy(), d[s.LNG].shift().to_numpy(), d[s.LAT], d[s.LNG]
-    )
+    km = haversine_km(d[s.LAT].shift().to_numpy(), d[s.LNG].shift().to_numpy(), d[s.LAT], d[s.LNG])
     same = (d[s.AOI_ID] == d[s.AOI_ID].shift()).fillna(False).to_numpy(dtype=bool)
     leg = np.where(first, 5.0, np.where(same, 1.5, 2.0 + 3.0 * np.nan_to_num(km)))
     cum = pd.Series(leg).groupby(d[s.ROUTE_ID]).cumsum().to_numpy()
