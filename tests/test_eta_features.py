@@ -44,6 +44,7 @@ def test_feature_names_are_pinned() -> None:
         "seq_switch_est_min",
         "seq_cost_sum_min",
         "seq_leg_sum_min",
+        "seq_leg_today_min",
     ]
     with pytest.raises(ValueError, match="mode: must be 'ordered' or 'unordered', got 'zigzag'"):
         feature_names("zigzag")  # type: ignore[arg-type]
