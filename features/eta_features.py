@@ -655,7 +655,7 @@ def _courier_legs(
     aoi: npt.NDArray[np.object_],
     day: npt.NDArray[np.int64],
 ) -> pd.DataFrame:
-    """One event per leg (breaks over 120 minutes left out) with the sums of ``LEG_STATS``."""
+    """One event per leg (legs over ``LEG_CAP_MIN`` left out) with the sums of ``LEG_STATS``."""
     ok = ~first & np.isfinite(minutes) & (minutes <= LEG_CAP_MIN) & np.isfinite(km)
     same = ok & (aoi == np.r_[[""], aoi[:-1]]) & (aoi != "")
     sw = ok & ~same

@@ -108,6 +108,23 @@ def test_bound_boosters_train_their_share_of_the_rounds(bench: object) -> None:
         dataclasses.replace(TINY, bound_rounds_share=0.0)
 
 
+def test_each_mode_learns_at_its_share_of_the_learning_rate(bench: object) -> None:
+    train = bench.train  # type: ignore[attr-defined]
+    lr = TINY.booster.learning_rate
+    assert TINY.learning_rate_scale == {"ordered": 0.5}  # the default
+    for mode, model in train.bundle.modes.items():
+        want = lr * TINY.learning_rate_scale.get(mode, 1.0)
+        assert float(model.boosters[0.5].params["learning_rate"]) == pytest.approx(want)
+        # the bounds keep travelling as far as the P50: their step is its step over the share
+        got = float(model.boosters[0.9].params["learning_rate"])
+        assert got == pytest.approx(want / TINY.bound_rounds_share)
+    assert TINY.for_mode("unordered") is TINY
+    with pytest.raises(ValueError, match="learning_rate_scale: unknown mode 'zigzag'"):
+        dataclasses.replace(TINY, learning_rate_scale={"zigzag": 0.5})
+    with pytest.raises(ValueError, match=r"learning_rate_scale.ordered: must be in \(0, 10\]"):
+        dataclasses.replace(TINY, learning_rate_scale={"ordered": 0.0})
+
+
 def test_training_never_sees_the_test_days() -> None:
     deliveries = make_deliveries(days=36, couriers=3, stops=6, seed=5)
     batch = queries_from_deliveries(deliveries)

@@ -161,8 +161,9 @@ def train_eta_dask(
         fit = window_features(ddf, featurizer, m, -(2**31), split.valid_from, config.target)
         valid = window_features(ddf, featurizer, m, split.valid_from, split.fit_end, config.target)
         fit, valid = nonempty(fit, client), nonempty(valid, client)
+        mode_config = config.for_mode(m)
         median = _fit_quantile(
-            fit[names], fit[LABEL], 0.5, config, config.booster.n_estimators, cats, client,
+            fit[names], fit[LABEL], 0.5, mode_config, config.booster.n_estimators, cats, client,
             eval_set=[(valid[names], valid[LABEL])],
         )  # fmt: skip
         curve = next(iter(median.evals_result_.values()))["quantile"]
@@ -172,7 +173,8 @@ def train_eta_dask(
         data = dd.concat([fit, valid]) if config.refit_full else fit
         boosters = {
             q: _fit_quantile(
-                data[names], data[LABEL], q, config, quantile_rounds(q, best[mode], config),
+                data[names], data[LABEL], q, mode_config,
+                quantile_rounds(q, best[mode], config),
                 cats, client,
             ).booster_
             if config.refit_full or q != 0.5

@@ -149,7 +149,7 @@ def make_eta_objective(
                     # pruner compares curves step by step, so one mode's curve per trial is
                     # the consistent signal; the modes' losses move together anyway.
                     prune = [LightGBMPruningCallback(trial, METRIC, VALID)] if i == 0 else []
-                    mae[mode], best[mode] = _fit_p50(data[mode], trial_config, prune)
+                    mae[mode], best[mode] = _fit_p50(data[mode], trial_config.for_mode(mode), prune)
             except optuna.TrialPruned:
                 mlflow.set_tag("optuna.state", "PRUNED")
                 mlflow.end_run("KILLED")  # not FAILED: the trial was stopped on purpose
