@@ -42,6 +42,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
+from doorstep.compat import FeatureSetMismatch
 from features import schema as s
 from features.demand_features import (
     FEATURE_SET,
@@ -390,9 +391,11 @@ class DemandBundle:
 def check_feature_set(bundle: DemandBundle) -> None:
     """Serving refuses a bundle whose feature set or feature names it does not know."""
     if bundle.feature_set != FEATURE_SET:
-        raise ValueError(
+        raise FeatureSetMismatch(
             f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}"
         )
     for freq, m in bundle.models.items():
         if m.boosters[MEAN].feature_name() != m.featurizer.spec_.feature_names():
-            raise ValueError(f"feature_set: the {freq} model's features differ from its spec")
+            raise FeatureSetMismatch(
+                f"feature_set: the {freq} model's features differ from its spec"
+            )

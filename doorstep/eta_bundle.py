@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+from doorstep.compat import FeatureSetMismatch
 from features.eta_features import FEATURE_SET, EtaFeaturizer, Mode, feature_names
 from features.eta_queries import QueryBatch
 
@@ -164,11 +165,13 @@ def _cummax_along(
 def check_feature_set(bundle: EtaBundle) -> None:
     """Serving refuses a bundle whose feature set it does not know."""
     if bundle.feature_set != FEATURE_SET:
-        raise ValueError(
+        raise FeatureSetMismatch(
             f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}"
         )
     for mode in bundle.modes:
         names = feature_names(mode)  # type: ignore[arg-type]
         booster = bundle.modes[mode].boosters[0.5]
         if booster.feature_name() != names:
-            raise ValueError(f"feature_set: the {mode} model's features differ from {FEATURE_SET}")
+            raise FeatureSetMismatch(
+                f"feature_set: the {mode} model's features differ from {FEATURE_SET}"
+            )

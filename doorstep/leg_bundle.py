@@ -15,6 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+from doorstep.compat import FeatureSetMismatch
 from features.leg_features import FEATURE_SET, LegFeaturizer, PairFeatures, feature_names
 
 FloatArray = npt.NDArray[np.float64]
@@ -114,10 +115,10 @@ class LegBundle:
 def check_feature_set(bundle: LegBundle) -> None:
     """Serving refuses a bundle whose feature set it does not compute."""
     if bundle.feature_set != FEATURE_SET:
-        raise ValueError(
+        raise FeatureSetMismatch(
             f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}"
         )
     if bundle.booster.feature_name() != feature_names():
-        raise ValueError(f"feature_set: the booster's features differ from {FEATURE_SET}")
+        raise FeatureSetMismatch(f"feature_set: the booster's features differ from {FEATURE_SET}")
     if bundle.target not in TARGETS:
         raise ValueError(f"target: must be one of {', '.join(TARGETS)}, got {bundle.target!r}")

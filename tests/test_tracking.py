@@ -447,6 +447,35 @@ def test_gate_needs_every_mode_better_and_coverage_in_tolerance(store: str) -> N
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == v3
 
 
+def test_a_champion_this_code_cannot_serve_is_replaced(store: str) -> None:
+    """After an upgrade that changes the feature set, the old champion cannot be scored (or
+    served): a challenger within coverage replaces it; one outside coverage still does not."""
+    from doorstep.compat import FeatureSetMismatch
+
+    client = MlflowClient(store)
+    v1, v2, v3 = _versions(client, 3)
+    registry.promote_if_better(NAME, v1, _mode_scores(5.0), lambda uri: _mode_scores(5.0))
+
+    def old_features(uri: str) -> dict[str, dict[str, float | None]]:
+        raise FeatureSetMismatch("feature_set: model uses 'eta_v0', this code computes 'eta_v2'")
+
+    wide = registry.promote_if_better(NAME, v2, _mode_scores(9.0, 0.60), old_features)
+    assert not wide.promoted and "coverage 0.600 outside" in wide.reason
+    decision = registry.promote_if_better(NAME, v3, _mode_scores(9.0), old_features)
+    assert decision.promoted
+    assert decision.reason == (
+        f"champion {v1} cannot be served by this code "
+        "(feature_set: model uses 'eta_v0', this code computes 'eta_v2')"
+    )
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == v3
+
+    def broken(uri: str) -> dict[str, dict[str, float | None]]:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):  # any other scoring failure still surfaces
+        registry.promote_if_better(NAME, v2, _mode_scores(1.0), broken)
+
+
 def test_first_version_still_needs_coverage(store: str) -> None:
     client = MlflowClient(store)
     (v1,) = _versions(client, 1)

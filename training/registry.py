@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 
+from doorstep.compat import FeatureSetMismatch
 from doorstep.config import tracking_uri
 
 CHAMPION = "champion"
@@ -140,7 +141,9 @@ def promote_if_better(
 
     ``champion_scorer(model_uri)`` must score the champion on the same rows that produced
     ``challenger_scores`` (the caller loads the champion and evaluates the same batch); it is
-    given a pinned ``models:/name/version`` URI so the alias cannot move under it.
+    given a pinned ``models:/name/version`` URI so the alias cannot move under it. A champion
+    it cannot score because this code computes other features (``FeatureSetMismatch``: the
+    feature set changed in an upgrade) is replaced: serving would refuse it as well.
     """
     gate = gate or GateRule()
     client = _client(client)
@@ -153,14 +156,19 @@ def promote_if_better(
     if current is None:
         reason = "no champion yet"
     else:
-        champion_scores = champion_scorer(model_uri(name, current))
-        failures += metric_failures(challenger_scores, champion_scores, gate)
-        reason = f"beats champion {current} in every segment: " + "; ".join(
-            f"{seg} {gate.metric} {_value(challenger_scores, seg, gate.metric):.3f} < "
-            f"{_value(champion_scores, seg, gate.metric):.3f}"
-            for seg in sorted(challenger_scores)
-            if seg in champion_scores
-        )
+        try:
+            champion_scores = champion_scorer(model_uri(name, current))
+        except FeatureSetMismatch as exc:
+            champion_scores = None
+            reason = f"champion {current} cannot be served by this code ({exc})"
+        if champion_scores is not None:
+            failures += metric_failures(challenger_scores, champion_scores, gate)
+            reason = f"beats champion {current} in every segment: " + "; ".join(
+                f"{seg} {gate.metric} {_value(challenger_scores, seg, gate.metric):.3f} < "
+                f"{_value(champion_scores, seg, gate.metric):.3f}"
+                for seg in sorted(challenger_scores)
+                if seg in champion_scores
+            )
     if failures:
         reason = "; ".join(failures)
         client.set_registered_model_alias(name, CHALLENGER, version)
