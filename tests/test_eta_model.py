@@ -17,7 +17,9 @@ from training.benchmark_eta import run_eta_benchmark
 from training.eta import BoosterParams, EtaConfig, bound_rounds, conformal_offsets, make_split
 
 TINY = EtaConfig(
-    booster=BoosterParams(n_estimators=40, num_leaves=15, min_child_samples=10, early_stopping_rounds=10),
+    booster=BoosterParams(
+        n_estimators=40, num_leaves=15, min_child_samples=10, early_stopping_rounds=10
+    ),
     calib_days=7,
     valid_days=4,
     max_train_queries=5_000,
@@ -29,7 +31,9 @@ TINY = EtaConfig(
 def bench() -> object:
     deliveries = make_deliveries(days=36, couriers=4, stops=8, seed=3)
     # also exercises the refit on every pre-test day after calibration
-    return run_eta_benchmark(deliveries, "2021-07-01", dataclasses.replace(TINY, refit_with_calibration=True))
+    return run_eta_benchmark(
+        deliveries, "2021-07-01", dataclasses.replace(TINY, refit_with_calibration=True)
+    )
 
 
 def test_horizon_buckets() -> None:
@@ -75,20 +79,31 @@ def test_benchmark_beats_baselines_with_calibrated_windows(bench: object) -> Non
     results = bench.results  # type: ignore[attr-defined]
     assert set(results["protocols"]) == {"ordered", "unordered"}
     for mode, p in results["protocols"].items():
-        assert set(p["model"]) == {"mae_min", "rmse_min", "acc10", "acc20", "coverage_p10_p90", "width_min"}
+        assert set(p["model"]) == {
+            "mae_min",
+            "rmse_min",
+            "acc10",
+            "acc20",
+            "coverage_p10_p90",
+            "width_min",
+        }
         assert {"speed", "const_median", "zone_hour"} <= set(p["baselines"])
         if mode == "ordered":
             assert {"rank_median", "speed_path"} <= set(p["baselines"])
         assert p["baselines"]["speed"]["coverage_p10_p90"] is None
         assert p["model"]["mae_min"] < p["baselines"]["const_median"]["mae_min"]
-        assert 0.65 <= p["model"]["coverage_p10_p90"] <= 0.95  # tiny data: loose, the real check is LaDe
+        assert (
+            0.65 <= p["model"]["coverage_p10_p90"] <= 0.95
+        )  # tiny data: loose, the real check is LaDe
     assert results["fit_seconds"] > 0
 
 
 def test_ordered_predictions_never_decrease_along_the_plan(bench: object) -> None:
     test: QueryBatch = bench.test  # type: ignore[attr-defined]
     pred = bench.evaluation["ordered"].prediction  # type: ignore[attr-defined]
-    frame = pd.DataFrame({"q": test.t_query, "seq": test.t_seq, "p50": pred.p50, "p10": pred.p10, "p90": pred.p90})
+    frame = pd.DataFrame(
+        {"q": test.t_query, "seq": test.t_seq, "p50": pred.p50, "p10": pred.p10, "p90": pred.p90}
+    )
     frame = frame.sort_values(["q", "seq"])
     for col in ("p10", "p50", "p90"):
         assert (frame.groupby("q")[col].diff().dropna() >= -1e-9).all()
@@ -102,8 +117,13 @@ def test_bound_boosters_train_their_share_of_the_rounds(bench: object) -> None:
         assert model.boosters[0.5].num_trees() == best
         for q in (0.1, 0.9):
             assert model.boosters[q].num_trees() == bound_rounds(best, TINY)
-    assert bound_rounds(100, TINY) == 67 and bound_rounds(12, TINY) == 10
-    assert bound_rounds(100, dataclasses.replace(TINY, bound_rounds_share=1.0)) == 100
+    no_floor = dataclasses.replace(TINY, min_bound_rounds=0)
+    assert bound_rounds(100, no_floor) == 67 and bound_rounds(12, no_floor) == 10
+    assert bound_rounds(100, dataclasses.replace(no_floor, bound_rounds_share=1.0)) == 100
+    # the floor (150 by default), capped at n_estimators (TINY: 40)
+    assert EtaConfig().min_bound_rounds == 150
+    assert bound_rounds(12, TINY) == 40 and bound_rounds(100, TINY) == 67
+    assert bound_rounds(90, EtaConfig()) == 150 and bound_rounds(300, EtaConfig()) == 201
     with pytest.raises(ValueError, match="bound_rounds_share"):
         dataclasses.replace(TINY, bound_rounds_share=0.0)
 

@@ -60,6 +60,13 @@ class EtaConfig:
     # conformal offsets set their level anyway, and boosting is ~90% of training time. On a
     # dev city (seed 11) a share of 0.5 cut training CPU by 21% for windows ~3% wider
     bound_rounds_share: float = 0.67
+    # ... but at least this many (capped at n_estimators): the bounds start from the global
+    # quantile and move a step proportional to the distance left, so when the P50 converges
+    # early (eta_v2's leg sums) its share is too few rounds for the far stops. The P10 then
+    # saturated (at 74 min on a seed-13 60 x 60 dev city, windows 79 min wide at >= 120 min
+    # against 50 with eta_v1); 150 rounds took LaDe dev's ordered windows from 57.3 to 48.5 min
+    # at the same coverage. On the 1M-row speed city the shares already exceed it for unordered.
+    min_bound_rounds: int = 150
     coverage: float = 0.8  # nominal P10-P90 coverage
     # boosters learn log1p(minutes): errors scale with the horizon, and quantiles survive the
     # transform exactly (see ModeModel.target)
@@ -209,7 +216,8 @@ def fit_mode(
 
 def bound_rounds(rounds: int, config: EtaConfig) -> int:
     """Rounds of the P10/P90 boosters for a P50 of ``rounds``."""
-    return min(rounds, max(round(rounds * config.bound_rounds_share), 10))
+    share = min(rounds, max(round(rounds * config.bound_rounds_share), 10))
+    return max(share, min(config.min_bound_rounds, config.booster.n_estimators))
 
 
 def quantile_rounds(alpha: float, rounds: int, config: EtaConfig) -> int:
