@@ -442,8 +442,7 @@ def _legs_along(along: _Along, b: QueryBatch, areas: _Areas, legs: _LegCost) -> 
     a = areas.targets[order]
     prev = np.where(first, areas.last[g], np.concatenate(([""], a[:-1])))
     same = (a == prev) & (a != "")
-    o = order
-    step = np.where(same, legs.same[o], legs.intercept[o] + legs.slope[o] * km)
+    step = np.where(same, legs.same[order], legs.intercept[order] + legs.slope[order] * km)
     return _unsort(order, _running_sum(np.nan_to_num(step), first))
 
 
