@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_benchmark
 from tests.test_demand_model import synthetic
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demand_mlforecast.py"
-_spec = importlib.util.spec_from_file_location("bench_demand_mlforecast", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # dataclasses look their module up while the script loads
-_spec.loader.exec_module(bench)
+bench = load_benchmark("bench_demand_mlforecast")
 
 
 def test_skips_without_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

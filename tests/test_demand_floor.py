@@ -3,16 +3,9 @@ sits far below the baselines, and knowing more never makes it worse by more than
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from tests.scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "demand_floor.py"
-_spec = importlib.util.spec_from_file_location("demand_floor", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-floor = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = floor
-_spec.loader.exec_module(floor)
+floor = load_benchmark("demand_floor")
 
 
 def test_floor_on_a_small_city() -> None:

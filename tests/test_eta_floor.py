@@ -4,17 +4,11 @@ noise is switched off (only the timestamps' whole seconds are left)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "eta_floor.py"
-_spec = importlib.util.spec_from_file_location("eta_floor", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-floor = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = floor
-_spec.loader.exec_module(floor)
+from tests.scripts import load_benchmark
+
+floor = load_benchmark("eta_floor")
 
 # 7 days from 2021-04-12: five training days, two test days
 CITY = {"days": 7, "couriers": 8, "seed": 3, "test_from": "2021-04-17"}
