@@ -191,9 +191,11 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         rank_key = np.where(np.isfinite(habit_rank), habit_rank, 2.0 + dist)
         pseudo_r = segment_rank(q, rank_key)
         along_r = _sorted_along(q, pseudo_r)
-        pseudo_r_path = _path_along(along_r, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        km_r = _leg_km(along_r, b)  # per leg, shared by the path and the leg-cost sums
+        pseudo_r_path = _path_along(along_r, km_r)
         pseudo = segment_rank(q, pseudo_key)
-        pseudo_path = _path_along(_sorted_along(q, pseudo), b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        along_p = _sorted_along(q, pseudo)
+        pseudo_path = _path_along(along_p, _leg_km(along_p, b))
         nn = nn_tour(q, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
         along_nn = _sorted_along(q, nn)
         cost = np.where(
@@ -206,7 +208,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             last_aoi.ratio("gap_next", "n_gap"),
         )
         last_cost = np.where(np.isfinite(last_cost), last_cost, 0.0)[q]
-        nn_path = _path_along(along_nn, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        km_nn = _leg_km(along_nn, b)
+        nn_path = _path_along(along_nn, km_nn)
         min_per_switch = courier.ratio("active_min", "switches")
         areas = _Areas.of(b)
         legs = _LegCost.of(self.courier_leg_.lookup(b.q_courier, b.q_day), q)
@@ -270,8 +273,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "stop_cost_min": cost,
             "nn_cost_sum_min": _cumsum_before(along_nn, cost) + last_cost,
             "pseudo_cost_sum_min": _cumsum_before(along_r, cost) + last_cost,
-            "nn_leg_sum_min": _legs_along(along_nn, b, areas, legs),
-            "pseudo_leg_sum_min": _legs_along(along_r, b, areas, legs),
+            "nn_leg_sum_min": _legs_along(along_nn, km_nn, areas, legs),
+            "pseudo_leg_sum_min": _legs_along(along_r, km_r, areas, legs),
             "_legs": legs,  # type: ignore[dict-item]
             "_cost": cost,
             "_areas": areas,  # type: ignore[dict-item]
@@ -288,7 +291,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         q = b.t_query
         seq = b.t_seq.astype(np.float64)
         along = _sorted_along(q, b.t_seq)
-        path = _path_along(along, b.q_lat, b.q_lng, b.t_lat, b.t_lng)
+        km = _leg_km(along, b)
+        path = _path_along(along, km)
         areas: _Areas = cols["_areas"]  # type: ignore[assignment]
         return {
             "seq": seq,
@@ -300,7 +304,7 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "seq_switches": (sw := _switches_along(along, areas)),
             "seq_switch_est_min": sw * cols["courier_min_per_switch"],
             "seq_cost_sum_min": _cumsum_before(along, cols["_cost"]) + cols["_last_cost"],
-            "seq_leg_sum_min": (legsum := _legs_along(along, b, areas, cols["_legs"])),  # type: ignore[arg-type]
+            "seq_leg_sum_min": (legsum := _legs_along(along, km, areas, cols["_legs"])),  # type: ignore[arg-type]
             "seq_leg_today_min": legsum * _today_factor(cols),
         }
 
@@ -431,14 +435,11 @@ class _LegCost:
         return cls(same[q], (mins - slope * km)[q], slope[q])
 
 
-def _legs_along(along: _Along, b: QueryBatch, areas: _Areas, legs: _LegCost) -> FloatArray:
+def _legs_along(along: _Along, km: FloatArray, areas: _Areas, legs: _LegCost) -> FloatArray:
     """Estimated minutes from the query through the targets in sequence order up to each
-    target: a same-area leg costs the courier's mean one, a new-area leg his line in km."""
+    target (``km``: ``_leg_km(along, ...)``): a same-area leg costs the courier's mean one, a
+    new-area leg his line in km."""
     order, g, first = along
-    la, lo = b.t_lat[order], b.t_lng[order]
-    prev_lat = np.where(first, b.q_lat[g], np.concatenate(([np.nan], la[:-1])))
-    prev_lng = np.where(first, b.q_lng[g], np.concatenate(([np.nan], lo[:-1])))
-    km = _zero_nan(haversine_km(prev_lat, prev_lng, la, lo))
     a = areas.targets[order]
     prev = np.where(first, areas.last[g], np.concatenate(([""], a[:-1])))
     same = (a == prev) & (a != "")
@@ -560,16 +561,20 @@ def _count_same(group: npt.NDArray[np.int64], values: npt.NDArray[np.object_]) -
     return counts[key].astype(np.float64)
 
 
-def _path_along(
-    along: _Along, q_lat: FloatArray, q_lng: FloatArray, lat: FloatArray, lng: FloatArray
-) -> FloatArray:
-    """Km from the query position through the targets in sequence order up to each target."""
+def _leg_km(along: _Along, b: QueryBatch) -> FloatArray:
+    """Km of each leg along a sequence (from the query position to the first target), in
+    ``along``'s sorted order."""
     order, g, first = along
-    la, lo = lat[order], lng[order]
-    prev_lat = np.where(first, q_lat[g], np.concatenate(([np.nan], la[:-1])))
-    prev_lng = np.where(first, q_lng[g], np.concatenate(([np.nan], lo[:-1])))
-    leg = _zero_nan(haversine_km(prev_lat, prev_lng, la, lo))
-    return _unsort(order, _running_sum(leg, first))
+    la, lo = b.t_lat[order], b.t_lng[order]
+    prev_lat = np.where(first, b.q_lat[g], np.concatenate(([np.nan], la[:-1])))
+    prev_lng = np.where(first, b.q_lng[g], np.concatenate(([np.nan], lo[:-1])))
+    return _zero_nan(haversine_km(prev_lat, prev_lng, la, lo))
+
+
+def _path_along(along: _Along, km: FloatArray) -> FloatArray:
+    """Km from the query position through the targets in sequence order up to each target
+    (``km``: ``_leg_km(along, ...)``)."""
+    return _unsort(along.order, _running_sum(km, along.first))
 
 
 def _profile_events(

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from features import schema as s
-from features.eta_features import Mode, _path_along, _sorted_along
+from features.eta_features import Mode, _leg_km, _path_along, _sorted_along
 from features.eta_queries import QueryBatch
 from features.geo import haversine_km
 
@@ -85,7 +85,7 @@ class Baselines:
             pos = np.minimum(batch.t_seq, len(self.rank_median) - 1)
             out["rank_median"] = self.rank_median[pos]
             along = _sorted_along(q, batch.t_seq)
-            path = _path_along(along, batch.q_lat, batch.q_lng, batch.t_lat, batch.t_lng)
+            path = _path_along(along, _leg_km(along, batch))
             out["speed_path"] = np.nan_to_num(path / speed, nan=self.const_median)
         if np.isfinite(batch.t_planned_min).all() and batch.n_targets:
             out["planned"] = batch.t_planned_min
