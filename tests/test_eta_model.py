@@ -128,21 +128,30 @@ def test_bound_boosters_train_their_share_of_the_rounds(bench: object) -> None:
         dataclasses.replace(TINY, bound_rounds_share=0.0)
 
 
-def test_each_mode_learns_at_its_share_of_the_learning_rate(bench: object) -> None:
+def test_each_mode_trains_at_its_scale_of_the_shared_booster(bench: object) -> None:
     train = bench.train  # type: ignore[attr-defined]
-    lr = TINY.booster.learning_rate
-    assert TINY.learning_rate_scale == {"ordered": 0.5}  # the default
+    lr, bins = TINY.booster.learning_rate, TINY.booster.max_bin
+    assert TINY.booster_scale == {"ordered": {"learning_rate": 0.5, "max_bin": 2.0}}  # default
     for mode, model in train.bundle.modes.items():
-        want = lr * TINY.learning_rate_scale.get(mode, 1.0)
+        scale = TINY.booster_scale.get(mode, {})
+        want = lr * scale.get("learning_rate", 1.0)
         assert float(model.boosters[0.5].params["learning_rate"]) == pytest.approx(want)
+        assert int(model.boosters[0.5].params["max_bin"]) == round(bins * scale.get("max_bin", 1.0))
         # the bounds keep travelling as far as the P50: their step is its step over the share
         got = float(model.boosters[0.9].params["learning_rate"])
         assert got == pytest.approx(want / TINY.bound_rounds_share)
     assert TINY.for_mode("unordered") is TINY
-    with pytest.raises(ValueError, match="learning_rate_scale: unknown mode 'zigzag'"):
-        dataclasses.replace(TINY, learning_rate_scale={"zigzag": 0.5})
-    with pytest.raises(ValueError, match=r"learning_rate_scale.ordered: must be in \(0, 10\]"):
-        dataclasses.replace(TINY, learning_rate_scale={"ordered": 0.0})
+    # integer parameters are rounded and never scaled below 2
+    tiny_bins = dataclasses.replace(TINY, booster_scale={"ordered": {"max_bin": 0.01}})
+    assert tiny_bins.for_mode("ordered").booster.max_bin == 2
+    with pytest.raises(ValueError, match="booster_scale: unknown mode 'zigzag'"):
+        dataclasses.replace(TINY, booster_scale={"zigzag": {"learning_rate": 0.5}})
+    with pytest.raises(
+        ValueError, match=r"booster_scale.ordered.learning_rate: must be in \(0, 10\]"
+    ):
+        dataclasses.replace(TINY, booster_scale={"ordered": {"learning_rate": 0.0}})
+    with pytest.raises(ValueError, match=r"booster_scale\.ordered: cannot scale 'seed'"):
+        dataclasses.replace(TINY, booster_scale={"ordered": {"seed": 2.0}})
 
 
 def test_training_never_sees_the_test_days() -> None:

@@ -47,6 +47,17 @@ class BoosterParams:
     early_stopping_rounds: int = 50
 
 
+# booster parameters a mode may scale (``EtaConfig.booster_scale``)
+SCALABLE: tuple[str, ...] = (
+    "learning_rate",
+    "num_leaves",
+    "min_child_samples",
+    "lambda_l2",
+    "max_bin",
+)
+INTEGER_PARAMS: frozenset[str] = frozenset({"num_leaves", "min_child_samples", "max_bin"})
+
+
 @dataclass(frozen=True)
 class EtaConfig:
     """How to train the ETA model; defaults run on one machine."""
@@ -71,13 +82,19 @@ class EtaConfig:
     # boosters learn log1p(minutes): errors scale with the horizon, and quantiles survive the
     # transform exactly (see ModeModel.target)
     target: str = "log1p"
-    # A mode's boosters learn at this share of the booster's learning rate. Ordered at half:
-    # on the dev splits (synthetic seed 11, LightGBM seeds 7 and 8; LaDe before 2021-08-01)
-    # that took ordered MAE from 6.58 to 6.40 min and from 17.84 to 17.62, and on the 1M-row
-    # speed city it early-stops at the same rounds (154 vs 151). The unordered mode is no
-    # better at half rate on the synthetic city and would train half as many rounds again,
-    # past the 5-minute training target.
-    learning_rate_scale: dict[str, float] = field(default_factory=lambda: {"ordered": 0.5})
+    # A mode's booster parameters as multiples of the shared ones (``booster``), so tuning the
+    # shared ones moves every mode. Ordered learns at half the rate: on the dev splits
+    # (synthetic seed 11, LightGBM seeds 7 and 8; LaDe before 2021-08-01) that took ordered MAE
+    # from 6.58 to 6.40 min and from 17.84 to 17.62, and on the 1M-row speed city it early-stops
+    # at the same rounds (154 vs 151). Ordered also bins features twice as finely (63 -> 126):
+    # its leg sums are near the label itself, and 63 bins over 0-240 min are 4 min wide; on the
+    # same synthetic seeds 6.42 / 6.38 -> 6.38 / 6.28 min with 127 bins (255: 6.37 / 6.30, at
+    # more CPU); LaDe dev 17.65 -> 17.72, inside its seed spread. The unordered mode is no
+    # better at half rate or with finer bins (7.17 / 7.29 -> 7.20 / 7.37 min) and would train
+    # half as many rounds again, past the 5-minute training target.
+    booster_scale: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {"ordered": {"learning_rate": 0.5, "max_bin": 2.0}}
+    )
     max_train_queries: int = 60_000  # random queries kept for training (all routes' days)
     seed: int = 7
     num_threads: int = 2
@@ -88,18 +105,30 @@ class EtaConfig:
             raise ValueError(
                 f"bound_rounds_share: must be in (0, 1], got {self.bound_rounds_share}"
             )
-        for mode, scale in self.learning_rate_scale.items():
+        for mode, scales in self.booster_scale.items():
             if mode not in MODES:
-                raise ValueError(f"learning_rate_scale: unknown mode {mode!r}; known: {MODES}")
-            if not 0.0 < scale <= 10.0:
-                raise ValueError(f"learning_rate_scale.{mode}: must be in (0, 10], got {scale}")
+                raise ValueError(f"booster_scale: unknown mode {mode!r}; known: {MODES}")
+            for name, scale in scales.items():
+                if name not in SCALABLE:
+                    raise ValueError(
+                        f"booster_scale.{mode}: cannot scale {name!r}; scalable: {SCALABLE}"
+                    )
+                if not 0.0 < scale <= 10.0:
+                    raise ValueError(
+                        f"booster_scale.{mode}.{name}: must be in (0, 10], got {scale}"
+                    )
 
     def for_mode(self, mode: str) -> EtaConfig:
-        """This config with ``mode``'s learning rate applied to the booster."""
-        scale = self.learning_rate_scale.get(mode, 1.0)
-        if scale == 1.0:
+        """This config with ``mode``'s ``booster_scale`` applied to the booster."""
+        scales = self.booster_scale.get(mode, {})
+        if not scales:
             return self
-        return with_booster(self, learning_rate=self.booster.learning_rate * scale)
+        changed: dict[str, Any] = {}
+        for name, scale in scales.items():
+            value = getattr(self.booster, name) * scale
+            # integer parameters stay integers (and at least 2: one bin or leaf cannot split)
+            changed[name] = max(round(value), 2) if name in INTEGER_PARAMS else value
+        return with_booster(self, **changed)
 
 
 @dataclass(frozen=True)
