@@ -1,4 +1,4 @@
-"""ETA feature set eta_v2: pinned names, point-in-time profiles, no leakage, one code path."""
+"""ETA feature set eta_v3: pinned names, point-in-time profiles, no leakage, one code path."""
 
 from __future__ import annotations
 
@@ -30,10 +30,21 @@ def test_feature_names_are_pinned() -> None:
         "rank_dist",
         "rank_dist_frac",
     ]
-    assert len(unordered) == len(set(unordered)) == 58
-    assert unordered[-2:] == ["nn_leg_sum_min", "pseudo_leg_sum_min"]
+    assert len(unordered) == len(set(unordered)) == 67
+    assert unordered[56:58] == ["nn_leg_sum_min", "pseudo_leg_sum_min"]
+    assert unordered[58:] == [
+        "prec_before",
+        "prec_frac",
+        "prec_known",
+        "prec_seq",
+        "prec_seq_frac",
+        "prec_path_km",
+        "prec_switches",
+        "prec_leg_sum_min",
+        "prec_leg_today_min",
+    ]
     assert feature_names("ordered") == [
-        *unordered,
+        *unordered[:58],
         "seq",
         "seq_frac",
         "path_km",
