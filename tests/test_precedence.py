@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,3 +132,16 @@ def test_too_many_areas_to_code_is_a_clear_error() -> None:
     )
     with pytest.raises(ValueError, match=r"aoi_id: .* too many to code area pairs"):
         PairPrecedence().fit_daily(huge)
+
+
+def test_small_and_large_code_paths_agree_and_the_cache_is_not_pickled() -> None:
+    d = _visits([("r1", "c", 0, ["x", "y"]), ("r2", "k", 1, ["y", "z"])])
+    model = PairPrecedence().fit(d)
+    areas = np.array(["z", "nope", "x", ""] * 600, dtype=object)  # over the dict path's limit
+    np.testing.assert_array_equal(model.area_codes(areas[:4]), model.area_codes(areas)[:4])
+    assert model.area_codes(areas[:4])[1:].tolist()[0] == -1
+    assert model.courier_codes(np.array(["k", "c", "?"], dtype=object)).tolist()[2] == -1
+    assert "_code_of" in model.__dict__
+    restored = pickle.loads(pickle.dumps(model))
+    assert "_code_of" not in restored.__dict__
+    np.testing.assert_array_equal(restored.area_codes(areas[:4]), model.area_codes(areas[:4]))
