@@ -50,8 +50,8 @@ ORDERED_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 # The unordered mode's guess at the courier's own order (``features.precedence``): how many of
 # the query's other areas he usually reaches before this one's, and the leg sums along the
-# order that follows. On LaDe dev (a plain P50, LightGBM seeds 7 and 8) they took unordered MAE
-# from 34.52 to 33.29 min; the synthetic couriers follow no habit (7.23 -> 7.34, seed spread).
+# order that follows. On LaDe dev (LightGBM seeds 7 and 8) they took unordered MAE from 32.84 to
+# 32.37 min; the synthetic couriers follow no habit, and there they cost 7.23 -> 7.44 min.
 UNORDERED_FEATURES: tuple[str, ...] = (
     "prec_before", "prec_frac", "prec_known", "prec_seq", "prec_seq_frac", "prec_path_km",
     "prec_switches", "prec_leg_sum_min", "prec_leg_today_min",
@@ -309,8 +309,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         prec = precedence_rank(
             pairs, q, pairs.area_codes(b.t_aoi), pairs.courier_codes(b.q_courier), b.q_day
         )
-        # the habit's order: areas by how many others usually come first, then by distance
-        # (km < 1000 never outweighs one area)
+        # the habit's order: areas by how many others usually come first, distance breaking
+        # ties (targets without an area id count 0 and come first: the data cannot place them)
         order = segment_rank(q, np.nan_to_num(prec.before) * 1000.0 + cols["dist_km"])
         along = _sorted_along(q, order)
         km = _leg_km(along, b)
