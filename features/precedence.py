@@ -197,7 +197,7 @@ def precedence_rank(
     i, j = i[other], j[other]
     p, n = model.p_before(courier_q[g[i]], a[j], a[i], day_q[g[i]])  # j's area first
     before = np.bincount(i, p, len(g))
-    share = np.bincount(i, (n > 0).astype(float), len(g)) / np.maximum(size.repeat(size) - 1, 1)
+    share = np.bincount(i, (n > 0).astype(float), len(g)) / np.maximum(k - 1, 1)
     row = np.searchsorted(distinct, target_key)
-    out[ok], others[ok], known[ok] = before[row], (size.repeat(size) - 1.0)[row], share[row]
+    out[ok], others[ok], known[ok] = before[row], (k - 1.0)[row], share[row]
     return Precedence(out, others, known)
