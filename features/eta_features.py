@@ -112,7 +112,10 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         whole routes): per (key, day) sums for every profile, vocabularies and the window.
         ``fit_parts`` combines any number of them, so one code path fits on one machine or
         on a cluster."""
-        routes, stops, legs, courier_legs = _profile_events(deliveries)
+        visits = deliveries.sort_values(
+            [s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable"
+        ).reset_index(drop=True)  # visit order, sorted once for the profiles and the pairs
+        routes, stops, legs, courier_legs = _profile_events(visits)
         events = {
             "courier_leg_": courier_legs,
             "courier_": routes,
@@ -122,7 +125,6 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         }
         arrival = deliveries[s.ARRIVAL_TIME]
         daily = {name: p.daily_sums(events[name]) for name, p in self._profiles().items()}
-        visits = deliveries.sort_values([s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable")
         daily[PAIRS] = route_pairs(visits, local_day(visits[s.DISPATCH_TIME]))
         return FitPart(
             daily=daily,
@@ -623,8 +625,8 @@ def _path_along(along: _Along, km: FloatArray) -> FloatArray:
 def _profile_events(
     d: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Route-, stop- and leg-level events of the training window for the profiles."""
-    d = d.sort_values([s.ROUTE_ID, s.ARRIVAL_TIME, s.STOP_ID], kind="stable").reset_index(drop=True)
+    """Route-, stop- and leg-level events of the training window for the profiles; ``d`` is
+    in visit order (route, arrival, stop id) with a fresh index."""
     route = d[s.ROUTE_ID].to_numpy()
     first = np.r_[True, route[1:] != route[:-1]]
     arrival_min = d[s.ARRIVAL_TIME].astype("int64").to_numpy() / 6e10
