@@ -63,6 +63,8 @@ class QueryBatch:
     t_aoi_done: FloatArray  # stops in the same area already delivered on this route
     t_label_min: FloatArray  # minutes to arrival; NaN when unknown (serving)
     t_planned_min: FloatArray  # routing engine's planned arrival, minutes from query; NaN if none
+    t_window_start_min: FloatArray  # the customer's booked window, minutes from query; NaN if none
+    t_window_end_min: FloatArray
 
     @property
     def n_queries(self) -> int:
@@ -151,8 +153,9 @@ def queries_from_deliveries(
     )
     aoi = _str(d[s.AOI_ID])
     aoi_done = _aoi_done(aoi, route_codes, pos_in_route, q_k, pair_q, pair_row)
-    planned = d[s.PLANNED_ARRIVAL].astype("int64").to_numpy() / 1e9
-    planned = np.where(d[s.PLANNED_ARRIVAL].isna().to_numpy(), np.nan, planned)
+    planned, w_start, w_end = (
+        _epoch_or_nan(d, c) for c in (s.PLANNED_ARRIVAL, s.WINDOW_START, s.WINDOW_END)
+    )
     # Ordered mode trains on the order the stops were visited: a plan that was followed (the
     # LaDe protocol's definition); a routing engine's plan is served as the order it will be.
     order_key = pos_in_route[pair_row]
@@ -186,8 +189,18 @@ def queries_from_deliveries(
         t_aoi_done=aoi_done,
         t_label_min=label,
         t_planned_min=(planned[pair_row] - q_time[pair_q]) / 60.0,
+        t_window_start_min=(w_start[pair_row] - q_time[pair_q]) / 60.0,
+        t_window_end_min=(w_end[pair_row] - q_time[pair_q]) / 60.0,
     )
     return batch.take_queries(q_keep)
+
+
+def _epoch_or_nan(d: pd.DataFrame, column: str) -> FloatArray:
+    """An optional timestamp column as epoch seconds, NaN where missing (or no such column)."""
+    if column not in d:
+        return np.full(len(d), np.nan)
+    values = d[column]
+    return np.where(values.isna().to_numpy(), np.nan, values.astype("int64").to_numpy() / 1e9)
 
 
 def _aoi_done(

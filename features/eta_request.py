@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -55,6 +55,8 @@ class StopInput:
     packages: int = 1
     ready_time: dt.datetime | None = None
     planned_arrival: dt.datetime | None = None
+    window_start: dt.datetime | None = None  # the customer's booked delivery window
+    window_end: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class ZoneResolver:
 
 def _nan(x: float | None) -> float:
     return float("nan") if x is None else float(x)
+
+
+def _epoch(x: dt.datetime | None) -> float:
+    return float("nan") if x is None else x.timestamp()
 
 
 def _aoi_done(
@@ -128,8 +134,9 @@ def build_batch(routes: Sequence[RouteQuery], tz: str, zones: ZoneResolver) -> Q
     ready = np.array(
         [np.nan if st.ready_time is None else st.ready_time.timestamp() for st in stops]
     )
-    planned = np.array(
-        [np.nan if st.planned_arrival is None else st.planned_arrival.timestamp() for st in stops]
+    planned, w_start, w_end = (
+        np.array([_epoch(getattr(st, name)) for st in stops], dtype=np.float64)
+        for name in ("planned_arrival", "window_start", "window_end")
     )
     qt = q_time[t_query]
     return QueryBatch(
@@ -163,7 +170,9 @@ def build_batch(routes: Sequence[RouteQuery], tz: str, zones: ZoneResolver) -> Q
         t_seq=t_seq,
         t_aoi_done=_aoi_done(routes, stops, t_query),
         t_label_min=np.full(len(stops), np.nan),
-        t_planned_min=np.where(np.isfinite(planned), (planned - qt) / 60.0, np.nan),
+        t_planned_min=(planned - qt) / 60.0,
+        t_window_start_min=(w_start - qt) / 60.0,
+        t_window_end_min=(w_end - qt) / 60.0,
     )
 
 
@@ -240,14 +249,20 @@ def requests_from_deliveries(
                     stop_type=_opt(getattr(x, s.STOP_TYPE)),
                     packages=int(getattr(x, s.PACKAGES)),
                     ready_time=getattr(x, s.READY_TIME).to_pydatetime(),
-                    planned_arrival=None
-                    if pd.isna(getattr(x, s.PLANNED_ARRIVAL))
-                    else getattr(x, s.PLANNED_ARRIVAL).to_pydatetime(),
+                    planned_arrival=_opt_time(getattr(x, s.PLANNED_ARRIVAL)),
+                    window_start=_opt_time(getattr(x, s.WINDOW_START, None)),
+                    window_end=_opt_time(getattr(x, s.WINDOW_END, None)),
                 )
                 for x in targets
             ]
             out.append(RouteQuery(state, stops))
     return out
+
+
+def _opt_time(value: Any) -> dt.datetime | None:
+    import pandas as pd
+
+    return None if value is None or pd.isna(value) else value.to_pydatetime()
 
 
 def _opt(value: object) -> str | None:

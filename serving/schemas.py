@@ -86,6 +86,16 @@ class Stop(_Strict):
     packages: int = Field(1, ge=1, le=10_000)
     ready_time: AwareDatetime | None = Field(None, description="parcel in the courier's hands")
     planned_arrival: AwareDatetime | None = Field(None, description="the routing engine's plan")
+    window_start: AwareDatetime | None = Field(
+        None, description="the customer's booked delivery window: the courier may wait for it"
+    )
+    window_end: AwareDatetime | None = Field(None, description="end of the booked window")
+
+    @model_validator(mode="after")
+    def _window_order(self) -> Stop:
+        if self.window_start and self.window_end and self.window_end <= self.window_start:
+            raise ValueError("window_end: must be after window_start")
+        return self
 
     def to_input(self) -> StopInput:
         return StopInput(
@@ -98,6 +108,8 @@ class Stop(_Strict):
             packages=self.packages,
             ready_time=self.ready_time,
             planned_arrival=self.planned_arrival,
+            window_start=self.window_start,
+            window_end=self.window_end,
         )
 
 

@@ -14,8 +14,11 @@ from features import schema as s
 TZ = "Asia/Shanghai"
 
 
-def make_deliveries(days: int = 30, couriers: int = 4, stops: int = 8, seed: int = 0) -> pd.DataFrame:
+def make_deliveries(
+    days: int = 30, couriers: int = 4, stops: int = 8, seed: int = 0
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
+    booked = np.random.default_rng(seed + 10_000)  # its own stream: the routes stay as they were
     rows = []
     pace = rng.uniform(0.7, 1.3, couriers)
     aois = [f"b{i}" for i in range(12)]
@@ -35,6 +38,9 @@ def make_deliveries(days: int = 30, couriers: int = 4, stops: int = 8, seed: int
                 travel = km * 4.0 * pace[c] * rng.lognormal(0, 0.2) + 1.0
                 t = t + pd.Timedelta(minutes=travel)
                 service = 2.0 + rng.exponential(2.0)
+                # one stop in five books a 2-h window near its arrival (recorded, not waited for)
+                slot = (t + pd.Timedelta(minutes=float(booked.normal(0, 30)))).floor("2h")
+                window = booked.random() < 0.2
                 rows.append(
                     {
                         s.ROUTE_ID: route,
@@ -53,6 +59,8 @@ def make_deliveries(days: int = 30, couriers: int = 4, stops: int = 8, seed: int
                         s.DEPARTURE_TIME: t + pd.Timedelta(minutes=service),
                         s.PACKAGES: int(rng.integers(1, 3)),
                         s.STOP_TYPE: "residential" if j % 3 else "business",
+                        s.WINDOW_START: slot if window else pd.NaT,
+                        s.WINDOW_END: slot + pd.Timedelta(hours=2) if window else pd.NaT,
                     }
                 )
                 t = t + pd.Timedelta(minutes=service)

@@ -1,4 +1,4 @@
-"""ETA feature set eta_v3: pinned names, point-in-time profiles, no leakage, one code path."""
+"""ETA feature set eta_v4: pinned names, point-in-time profiles, no leakage, one code path."""
 
 from __future__ import annotations
 
@@ -30,9 +30,14 @@ def test_feature_names_are_pinned() -> None:
         "rank_dist",
         "rank_dist_frac",
     ]
-    assert len(unordered) == len(set(unordered)) == 67
-    assert unordered[56:58] == ["nn_leg_sum_min", "pseudo_leg_sum_min"]
-    assert unordered[58:] == [
+    assert len(unordered) == len(set(unordered)) == 69
+    assert unordered[56:60] == [
+        "nn_leg_sum_min",
+        "pseudo_leg_sum_min",
+        "win_start_min",
+        "win_end_min",
+    ]
+    assert unordered[60:] == [
         "prec_before",
         "prec_frac",
         "prec_known",
@@ -44,7 +49,7 @@ def test_feature_names_are_pinned() -> None:
         "prec_leg_today_min",
     ]
     assert feature_names("ordered") == [
-        *unordered[:58],
+        *unordered[:60],
         "seq",
         "seq_frac",
         "path_km",
@@ -56,6 +61,9 @@ def test_feature_names_are_pinned() -> None:
         "seq_cost_sum_min",
         "seq_leg_sum_min",
         "seq_leg_today_min",
+        "win_gap_min",
+        "seq_win_wait_min",
+        "seq_win_leg_min",
     ]
     with pytest.raises(ValueError, match="mode: must be 'ordered' or 'unordered', got 'zigzag'"):
         feature_names("zigzag")  # type: ignore[arg-type]
@@ -248,3 +256,73 @@ def test_leg_sums_add_up_a_courier_leg_law_along_the_plan() -> None:
     np.testing.assert_allclose(X["seq_leg_sum_min"][rows], batch.t_label_min[rows], atol=1e-6)
     # without the plan, the same legs along a guessed order cost at least the straight way
     assert (X["nn_leg_sum_min"][rows] >= 1.5 - 1e-9).all()
+
+
+def test_window_waits_propagate_along_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A courier reaching a stop up to ``max_wait`` minutes before its booked window waits for
+    it, and every later stop moves by the wait; a window further off, or already open, does not
+    hold him up."""
+    from features import eta_features as ef
+
+    group = np.array([0, 0, 0, 1, 1, 1], dtype=np.int64)
+    seq = np.array([2, 0, 1, 0, 1, 2], dtype=np.int64)  # query 0's targets come out of order
+    est = np.array([30.0, 10.0, 20.0, 10.0, 20.0, 30.0])  # arrivals without waits
+    start = np.array([np.nan, np.nan, 25.0, 45.0, np.nan, 5.0])
+    got = ef.window_waits(ef._sorted_along(group, seq), est, start, max_wait=20.0)
+    # query 0: reaches its 2nd stop at 20, 5 min early: waits, so its 3rd moves to 35
+    np.testing.assert_allclose(got.seq_win_leg_min, [35.0, 10.0, 25.0, 10.0, 20.0, 30.0])
+    np.testing.assert_allclose(got.seq_win_wait_min, [5.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # query 1: 35 min early is past the wait limit; a window open since 5 does not hold
+    np.testing.assert_allclose(
+        got.win_gap_min, [np.nan, np.nan, 5.0, 35.0, np.nan, -25.0], equal_nan=True
+    )
+    longer = ef.window_waits(ef._sorted_along(group, seq), est, start, max_wait=40.0)
+    np.testing.assert_allclose(longer.seq_win_leg_min, [35.0, 10.0, 25.0, 45.0, 55.0, 65.0])
+    monkeypatch.setattr(ef, "_FEW_QUERIES", 0)  # the training batch's vectorised path
+    vectorised = ef.window_waits(ef._sorted_along(group, seq), est, start, max_wait=20.0)
+    for a, b in zip(got, vectorised, strict=True):
+        np.testing.assert_array_equal(a, b)
+    none = ef.window_waits(ef._sorted_along(group, seq), est, np.full(6, np.nan), 20.0)
+    np.testing.assert_array_equal(none.seq_win_leg_min, est)
+    assert not none.seq_win_wait_min.any() and np.isnan(none.win_gap_min).all()
+
+
+def test_a_booked_window_in_a_request_holds_up_the_stops_after_it(
+    deliveries: pd.DataFrame,
+) -> None:
+    """The history path carries windows too (the parity tests above: the synthetic stops book
+    some); here a request's window opens 8 min after the courier would reach the 3rd stop."""
+    import dataclasses
+    import datetime as dt
+
+    featurizer = EtaFeaturizer().fit(deliveries)
+    request = next(r for r in requests_from_deliveries(deliveries) if len(r.stops) >= 5)
+    request = dataclasses.replace(
+        request,
+        stops=[dataclasses.replace(st, window_start=None, window_end=None) for st in request.stops],
+    )
+    names = feature_names("ordered")
+
+    def columns(opens_after: float | None) -> pd.DataFrame:
+        stops = list(request.stops)
+        if opens_after is not None:
+            start = request.state.time + dt.timedelta(minutes=est[2] + opens_after)
+            stops[2] = dataclasses.replace(
+                stops[2], window_start=start, window_end=start + dt.timedelta(hours=2)
+            )
+        batch = build_batch(
+            [dataclasses.replace(request, stops=stops)], featurizer.tz_, ZoneResolver()
+        )
+        return pd.DataFrame(featurizer.transform(batch, "ordered"), columns=names)
+
+    est = columns(None)["seq_leg_today_min"].to_numpy(np.float64)
+    X = columns(8.0)
+    n = len(est)
+    assert np.isfinite(X["win_start_min"]).tolist() == [i == 2 for i in range(n)]
+    np.testing.assert_allclose(X["win_end_min"][2] - X["win_start_min"][2], 120.0, atol=1e-3)
+    np.testing.assert_allclose(X["win_gap_min"][2], 8.0, atol=1e-3)
+    waited = np.where(np.arange(n) >= 2, 8.0, 0.0)
+    np.testing.assert_allclose(X["seq_win_leg_min"], est + waited, atol=1e-3)
+    np.testing.assert_allclose(X["seq_win_wait_min"], np.where(np.arange(n) > 2, 8.0, 0.0))
+    far = columns(45.0)  # past the 20-min wait limit: delivered early, nothing moves
+    np.testing.assert_allclose(far["seq_win_leg_min"], est, atol=1e-3)

@@ -114,7 +114,7 @@ def test_service_loads_both_champions_and_is_ready(service: Any) -> None:
     assert info["ready"] is True and info["errors"] == {}
     assert info["models"]["eta"]["version"] == "1"
     assert info["models"]["eta"]["alias"] == "champion"
-    assert info["models"]["eta"]["feature_set"] == "eta_v3"
+    assert info["models"]["eta"]["feature_set"] == "eta_v4"
     assert info["models"]["demand"]["name"] == "doorstep-demand"
     assert info["models"]["eta"]["training_window"][0] < info["models"]["eta"]["training_window"][1]
     assert any(k.endswith("model.mae_min") for k in info["models"]["eta"]["metrics"])
@@ -309,6 +309,15 @@ ETA = example("eta.json")
         (_bad(ETA, ["courier", "lat"], _DELETE), "courier.lat", "required"),
         (_bad(ETA, ["stops", 0, "packages"], 0), "stops.0.packages", "greater than or equal to 1"),
         (_bad(ETA, ["stops", 0, "colour"], "red"), "stops.0.colour", "not permitted"),
+        (
+            _bad(
+                _bad(ETA, ["stops", 2, "window_start"], "2021-06-10T12:00:00+08:00"),
+                ["stops", 2, "window_end"],
+                "2021-06-10T11:00:00+08:00",
+            ),
+            "stops.2",
+            "window_end: must be after window_start",
+        ),
     ],
     ids=[
         "lat",
@@ -321,6 +330,7 @@ ETA = example("eta.json")
         "missing",
         "packages",
         "extra",
+        "window",
     ],
 )
 def test_asgi_bad_eta_requests_are_400_naming_the_field(

@@ -69,15 +69,18 @@ def _before(part: pd.DataFrame, day: int) -> pd.DataFrame:
     return part[local_day(part[s.DISPATCH_TIME]) < day]
 
 
-def _partial(part: pd.DataFrame, t_from: int) -> Any:
+def _partial(part: pd.DataFrame, t_from: int, featurizer: EtaFeaturizer) -> Any:
     history = _before(part.reset_index(drop=True), t_from)
-    return EtaFeaturizer().partial(history) if len(history) else None
+    return featurizer.partial(history) if len(history) else None
 
 
-def fit_featurizer(ddf: dd.DataFrame, t_from: int) -> EtaFeaturizer:
+def fit_featurizer(
+    ddf: dd.DataFrame, t_from: int, featurizer: EtaFeaturizer | None = None
+) -> EtaFeaturizer:
     """``EtaFeaturizer.fit`` on the days before ``t_from``: map on partitions, combine here."""
-    parts = dask.compute(*[dask.delayed(_partial)(p, t_from) for p in ddf.to_delayed()])
-    return EtaFeaturizer().fit_parts([p for p in parts if p is not None])
+    featurizer = featurizer if featurizer is not None else EtaFeaturizer()
+    parts = dask.compute(*[dask.delayed(_partial)(p, t_from, featurizer) for p in ddf.to_delayed()])
+    return featurizer.fit_parts([p for p in parts if p is not None])
 
 
 def _window_frame(
@@ -149,7 +152,7 @@ def train_eta_dask(
     days = np.concatenate(dask.compute(*[dask.delayed(_route_days)(p) for p in ddf.to_delayed()]))
     split = split_days(days, t_from, config)
     ddf = ddf.persist()
-    featurizer = fit_featurizer(ddf, t_from)
+    featurizer = fit_featurizer(ddf, t_from, config.featurizer())
     modes: dict[str, ModeModel] = {}
     best: dict[str, int] = {}
     calibration: dict[str, list[float]] = {}

@@ -96,11 +96,15 @@ class EtaConfig:
         default_factory=lambda: {"ordered": {"learning_rate": 0.5, "max_bin": 2.0}}
     )
     max_train_queries: int = 60_000  # random queries kept for training (all routes' days)
+    # how early a courier waits for a booked window to open (``EtaFeaturizer.window_wait_min``)
+    window_wait_min: float = 20.0
     seed: int = 7
     num_threads: int = 2
     modes: tuple[str, ...] = MODES
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.window_wait_min <= 240.0:
+            raise ValueError(f"window_wait_min: must be in [0, 240], got {self.window_wait_min}")
         if not 0.0 < self.bound_rounds_share <= 1.0:
             raise ValueError(
                 f"bound_rounds_share: must be in (0, 1], got {self.bound_rounds_share}"
@@ -117,6 +121,10 @@ class EtaConfig:
                     raise ValueError(
                         f"booster_scale.{mode}.{name}: must be in (0, 10], got {scale}"
                     )
+
+    def featurizer(self) -> EtaFeaturizer:
+        """An unfitted featurizer with this config's settings."""
+        return EtaFeaturizer(window_wait_min=self.window_wait_min)
 
     def for_mode(self, mode: str) -> EtaConfig:
         """This config with ``mode``'s ``booster_scale`` applied to the booster."""
@@ -338,7 +346,7 @@ def train_eta(
     t_from = day_of(test_from)
     history = deliveries[local_day(deliveries[s.DISPATCH_TIME]) < t_from]
     split = make_split(history, t_from, config)
-    featurizer = EtaFeaturizer().fit(history)
+    featurizer = config.featurizer().fit(history)
     batch = batch if batch is not None else queries_from_deliveries(history)
     day = route_day(batch)
     fit_b = _subsample(batch.take_queries(day < split.valid_from), config.max_train_queries, rng)

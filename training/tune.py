@@ -183,7 +183,7 @@ def _windows(
     day = local_day(deliveries[s.DISPATCH_TIME])
     split = make_split(deliveries[day < t_from], t_from, config)
     before_cal = deliveries[day < split.fit_end]
-    featurizer = EtaFeaturizer().fit(before_cal)
+    featurizer = config.featurizer().fit(before_cal)
     batch = queries_from_deliveries(before_cal)
     q_day = batch.q_route_day
     rng = np.random.default_rng(config.seed)  # the same draw as train_eta's fit subsample
