@@ -55,8 +55,8 @@ class StopInput:
     packages: int = 1
     ready_time: dt.datetime | None = None
     planned_arrival: dt.datetime | None = None
-    window_start: dt.datetime | None = None  # the customer's booked delivery window
-    window_end: dt.datetime | None = None
+    booked_window_start: dt.datetime | None = None  # the customer's booked delivery slot
+    booked_window_end: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def build_batch(routes: Sequence[RouteQuery], tz: str, zones: ZoneResolver) -> Q
     )
     planned, w_start, w_end = (
         np.array([_epoch(getattr(st, name)) for st in stops], dtype=np.float64)
-        for name in ("planned_arrival", "window_start", "window_end")
+        for name in ("planned_arrival", "booked_window_start", "booked_window_end")
     )
     qt = q_time[t_query]
     return QueryBatch(
@@ -250,8 +250,8 @@ def requests_from_deliveries(
                     packages=int(getattr(x, s.PACKAGES)),
                     ready_time=getattr(x, s.READY_TIME).to_pydatetime(),
                     planned_arrival=_opt_time(getattr(x, s.PLANNED_ARRIVAL)),
-                    window_start=_opt_time(getattr(x, s.WINDOW_START, None)),
-                    window_end=_opt_time(getattr(x, s.WINDOW_END, None)),
+                    booked_window_start=_opt_time(getattr(x, s.WINDOW_START, None)),
+                    booked_window_end=_opt_time(getattr(x, s.WINDOW_END, None)),
                 )
                 for x in targets
             ]

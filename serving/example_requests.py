@@ -36,6 +36,10 @@ def _stop(row: Any) -> dict[str, Any]:
     if pd.notna(row[s.STOP_TYPE]):
         out["stop_type"] = str(row[s.STOP_TYPE])
     out["packages"] = int(row[s.PACKAGES])
+    if pd.notna(row.get(s.WINDOW_START)):
+        out["booked_window_start"] = _iso(row[s.WINDOW_START])
+        if pd.notna(row.get(s.WINDOW_END)):
+            out["booked_window_end"] = _iso(row[s.WINDOW_END])
     return out
 
 

@@ -86,15 +86,17 @@ class Stop(_Strict):
     packages: int = Field(1, ge=1, le=10_000)
     ready_time: AwareDatetime | None = Field(None, description="parcel in the courier's hands")
     planned_arrival: AwareDatetime | None = Field(None, description="the routing engine's plan")
-    window_start: AwareDatetime | None = Field(
-        None, description="the customer's booked delivery window: the courier may wait for it"
+    # "booked": the response's window_start / window_end are the predicted P10-P90 window
+    booked_window_start: AwareDatetime | None = Field(
+        None, description="the customer's booked delivery slot: the courier may wait for it"
     )
-    window_end: AwareDatetime | None = Field(None, description="end of the booked window")
+    booked_window_end: AwareDatetime | None = Field(None, description="end of the booked slot")
 
     @model_validator(mode="after")
     def _window_order(self) -> Stop:
-        if self.window_start and self.window_end and self.window_end <= self.window_start:
-            raise ValueError("window_end: must be after window_start")
+        start, end = self.booked_window_start, self.booked_window_end
+        if start and end and end <= start:
+            raise ValueError("booked_window_end: must be after booked_window_start")
         return self
 
     def to_input(self) -> StopInput:
@@ -108,8 +110,8 @@ class Stop(_Strict):
             packages=self.packages,
             ready_time=self.ready_time,
             planned_arrival=self.planned_arrival,
-            window_start=self.window_start,
-            window_end=self.window_end,
+            booked_window_start=self.booked_window_start,
+            booked_window_end=self.booked_window_end,
         )
 
 

@@ -299,7 +299,10 @@ def test_a_booked_window_in_a_request_holds_up_the_stops_after_it(
     request = next(r for r in requests_from_deliveries(deliveries) if len(r.stops) >= 5)
     request = dataclasses.replace(
         request,
-        stops=[dataclasses.replace(st, window_start=None, window_end=None) for st in request.stops],
+        stops=[
+            dataclasses.replace(st, booked_window_start=None, booked_window_end=None)
+            for st in request.stops
+        ],
     )
     names = feature_names("ordered")
 
@@ -308,7 +311,7 @@ def test_a_booked_window_in_a_request_holds_up_the_stops_after_it(
         if opens_after is not None:
             start = request.state.time + dt.timedelta(minutes=est[2] + opens_after)
             stops[2] = dataclasses.replace(
-                stops[2], window_start=start, window_end=start + dt.timedelta(hours=2)
+                stops[2], booked_window_start=start, booked_window_end=start + dt.timedelta(hours=2)
             )
         batch = build_batch(
             [dataclasses.replace(request, stops=stops)], featurizer.tz_, ZoneResolver()

@@ -311,12 +311,12 @@ ETA = example("eta.json")
         (_bad(ETA, ["stops", 0, "colour"], "red"), "stops.0.colour", "not permitted"),
         (
             _bad(
-                _bad(ETA, ["stops", 2, "window_start"], "2021-06-10T12:00:00+08:00"),
-                ["stops", 2, "window_end"],
+                _bad(ETA, ["stops", 2, "booked_window_start"], "2021-06-10T12:00:00+08:00"),
+                ["stops", 2, "booked_window_end"],
                 "2021-06-10T11:00:00+08:00",
             ),
             "stops.2",
-            "window_end: must be after window_start",
+            "booked_window_end: must be after booked_window_start",
         ),
     ],
     ids=[
