@@ -30,9 +30,9 @@ TINY = EtaConfig(
 @pytest.fixture(scope="module")
 def bench() -> object:
     deliveries = make_deliveries(days=36, couriers=4, stops=8, seed=3)
-    # also exercises the refit on every pre-test day after calibration
+    # also exercises the refit of every booster on every pre-test day after calibration
     return run_eta_benchmark(
-        deliveries, "2021-07-01", dataclasses.replace(TINY, refit_with_calibration=True)
+        deliveries, "2021-07-01", dataclasses.replace(TINY, refit_with_calibration="all")
     )
 
 
@@ -152,6 +152,27 @@ def test_each_mode_trains_at_its_scale_of_the_shared_booster(bench: object) -> N
         dataclasses.replace(TINY, booster_scale={"ordered": {"learning_rate": 0.0}})
     with pytest.raises(ValueError, match=r"booster_scale\.ordered: cannot scale 'seed'"):
         dataclasses.replace(TINY, booster_scale={"ordered": {"seed": 2.0}})
+
+
+def test_refit_after_calibration_refits_the_point_and_keeps_the_calibrated_bounds() -> None:
+    from training.eta import train_eta
+
+    deliveries = make_deliveries(days=36, couriers=3, stops=6, seed=5)
+    assert EtaConfig().refit_with_calibration == TINY.refit_with_calibration == "p50"
+    p50 = train_eta(deliveries, "2021-07-01", TINY)
+    none = train_eta(
+        deliveries, "2021-07-01", dataclasses.replace(TINY, refit_with_calibration="none")
+    )
+    assert p50.best_iterations == none.best_iterations
+    for mode, model in p50.bundle.modes.items():
+        other = none.bundle.modes[mode]
+        for q in (0.1, 0.9):  # the same bounds, trained once on the same rows
+            assert model.boosters[q].model_to_string() == other.boosters[q].model_to_string()
+        # the point saw the calibration days too, with the same rounds
+        assert model.boosters[0.5].num_trees() == other.boosters[0.5].num_trees()
+        assert model.boosters[0.5].model_to_string() != other.boosters[0.5].model_to_string()
+    with pytest.raises(ValueError, match="refit_with_calibration: must be one of"):
+        dataclasses.replace(TINY, refit_with_calibration=True)  # type: ignore[arg-type]
 
 
 def test_training_never_sees_the_test_days() -> None:

@@ -172,15 +172,17 @@ def train_eta_dask(
         curve = next(iter(median.evals_result_.values()))["quantile"]
         best[mode] = max(int(np.argmin(curve)) + 1, MIN_ROUNDS)
         # refit on fit + valid with the best rounds, or keep the early-stopped P50 (truncated)
-        # and train only the bounds on the fit rows
+        # and train only the bounds on the fit rows; as in fit_mode, a P50 that is refitted
+        # after calibration anyway ("p50") is not refitted here
         data = dd.concat([fit, valid]) if config.refit_full else fit
+        later = config.refit_with_calibration == "p50"
         boosters = {
             q: _fit_quantile(
                 data[names], data[LABEL], q, mode_config,
                 quantile_rounds(q, best[mode], config),
                 cats, client,
             ).booster_
-            if config.refit_full or q != 0.5
+            if (config.refit_full and not later) or q != 0.5
             else _truncated(median, best[mode])
             for q in QUANTILES
         }  # fmt: skip
@@ -195,6 +197,18 @@ def train_eta_dask(
             raw.p10, raw.p50, raw.p90, cal[1].t_label_min, config.coverage
         )
         calibration[mode] = model.conformal
+        if config.refit_with_calibration != "none":  # as in train_eta: every pre-test day
+            cal_rows = window_features(ddf, featurizer, m, split.fit_end, t_from, config.target)
+            data = dd.concat([fit, valid, nonempty(cal_rows, client)])
+            refit = QUANTILES if config.refit_with_calibration == "all" else (0.5,)
+            model.boosters = model.boosters | {
+                q: _fit_quantile(
+                    data[names], data[LABEL], q, mode_config,
+                    quantile_rounds(q, best[mode], config), cats, client,
+                ).booster_
+                for q in refit
+            }  # fmt: skip
+            del data, cal_rows
         modes[mode] = model
         rows[f"{mode}.fit"] = int(fit.shape[0].compute())
         rows[f"{mode}.valid"] = int(valid.shape[0].compute())
