@@ -118,12 +118,12 @@ def test_bound_boosters_train_their_share_of_the_rounds(bench: object) -> None:
         for q in (0.1, 0.9):
             assert model.boosters[q].num_trees() == bound_rounds(best, TINY)
     no_floor = dataclasses.replace(TINY, min_bound_rounds=0)
-    assert bound_rounds(100, no_floor) == 67 and bound_rounds(12, no_floor) == 10
+    assert bound_rounds(100, no_floor) == 60 and bound_rounds(12, no_floor) == 10
     assert bound_rounds(100, dataclasses.replace(no_floor, bound_rounds_share=1.0)) == 100
     # the floor (150 by default), capped at n_estimators (TINY: 40)
     assert EtaConfig().min_bound_rounds == 150
-    assert bound_rounds(12, TINY) == 40 and bound_rounds(100, TINY) == 67
-    assert bound_rounds(90, EtaConfig()) == 150 and bound_rounds(300, EtaConfig()) == 201
+    assert bound_rounds(12, TINY) == 40 and bound_rounds(100, TINY) == 60
+    assert bound_rounds(90, EtaConfig()) == 150 and bound_rounds(300, EtaConfig()) == 180
     with pytest.raises(ValueError, match="bound_rounds_share"):
         dataclasses.replace(TINY, bound_rounds_share=0.0)
 
