@@ -85,13 +85,7 @@ WINDOW_END = "window_end"
 DELIVERIES: tuple[Column, ...] = (
     Column(ROUTE_ID, "string", True, "-", "courier-day id: one courier's work on one local day"),
     Column(COURIER_ID, "string", True, "-", "courier id, stable across days"),
-    Column(
-        VEHICLE_TYPE,
-        "category",
-        False,
-        "-",
-        f"{', '.join(VehicleType)} (lower-cased; default unknown)",
-    ),
+    Column(VEHICLE_TYPE, "category", False, "-", f"{', '.join(VehicleType)} (lower-cased; default unknown)"),
     Column(STOP_ID, "string", True, "-", "stop / order id, unique in the table"),
     Column(LAT, "float", True, "degree", "stop latitude, WGS84"),
     Column(LNG, "float", True, "degree", "stop longitude, WGS84"),
@@ -111,20 +105,8 @@ DELIVERIES: tuple[Column, ...] = (
     Column(ARRIVAL_TIME, "timestamp", True, "tz-aware", "actual arrival at the stop: the target"),
     Column(DEPARTURE_TIME, "timestamp", False, "tz-aware", "leaves the stop (arrival + service)"),
     Column(PACKAGES, "int", False, "parcel", "parcels delivered at the stop, >= 1 (default 1)"),
-    Column(
-        STOP_TYPE,
-        "category",
-        False,
-        "-",
-        f"stop kind: {', '.join(StopType)}, or the source's own (LaDe: aoi_<type>)",
-    ),
-    Column(
-        WINDOW_START,
-        "timestamp",
-        False,
-        "tz-aware",
-        "customer's booked window start (the courier may wait for it; an ETA feature)",
-    ),
+    Column(STOP_TYPE, "category", False, "-", f"stop kind: {', '.join(StopType)}, or the source's own (LaDe: aoi_<type>)"),
+    Column(WINDOW_START, "timestamp", False, "tz-aware", "booked window start (ETAs wait for it)"),
     Column(WINDOW_END, "timestamp", False, "tz-aware", "customer time window end"),
 )
 
