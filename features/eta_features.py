@@ -389,10 +389,7 @@ def window_waits(along: _Along, est: FloatArray, start: FloatArray, max_wait: fl
     starts = np.flatnonzero(first)
     if len(starts) <= _FEW_QUERIES:  # a service request: plain floats, the same arithmetic
         return _window_waits_few(order, starts, est, start, max_wait)
-    lengths = np.diff(np.append(starts, len(order)))
-    col = np.arange(len(order)) - np.repeat(starts, lengths)
-    row = np.repeat(np.arange(len(starts)), lengths)
-    shape = (len(starts), int(lengths.max()))
+    row, col, shape = _segment_grid(starts, len(order))
     e, w = np.zeros(shape), np.full(shape, np.nan)
     e[row, col], w[row, col] = np.nan_to_num(est[order]), start[order]
     step = np.diff(e, axis=1, prepend=0.0)  # the legs between consecutive estimates
@@ -637,12 +634,21 @@ def _running_sum(steps: FloatArray, first: npt.NDArray[np.bool_]) -> FloatArray:
     if len(starts) <= 1:
         return np.cumsum(steps)
     # one row per segment, zero-padded: a row's accumulate is that segment's own cumsum
-    lengths = np.diff(np.append(starts, len(steps)))
-    col = np.arange(len(steps)) - np.repeat(starts, lengths)
-    row = np.repeat(np.arange(len(starts)), lengths)
-    padded = np.zeros((len(starts), int(lengths.max())))
+    row, col, shape = _segment_grid(starts, len(steps))
+    padded = np.zeros(shape)
     padded[row, col] = steps
     return np.cumsum(padded, axis=1)[row, col]
+
+
+def _segment_grid(
+    starts: npt.NDArray[np.int64], n: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], tuple[int, int]]:
+    """Each of ``n`` sorted values' (segment, position) in a segments x longest-segment grid,
+    and the grid's shape: per-segment scans become one numpy step per column."""
+    lengths = np.diff(np.append(starts, n))
+    col = np.arange(n) - np.repeat(starts, lengths)
+    row = np.repeat(np.arange(len(starts)), lengths)
+    return row, col, (len(starts), int(lengths.max()))
 
 
 def _unsort(order: npt.NDArray[np.int64], values: FloatArray) -> FloatArray:

@@ -41,6 +41,7 @@ from training.eta import (
     quantile_params,
     quantile_rounds,
     split_days,
+    truncated,
 )
 
 LABEL, DAY = "_label", "_route_day"
@@ -137,11 +138,6 @@ def _fit_quantile(
     return model.fit(X, y, eval_set=eval_set, eval_metric="quantile", categorical_feature=cats)
 
 
-def _truncated(model: lgb.DaskLGBMRegressor, rounds: int) -> lgb.Booster:
-    """The first ``rounds`` trees as a plain Booster (what early stopping would have kept)."""
-    return lgb.Booster(model_str=model.booster_.model_to_string(num_iteration=rounds))
-
-
 def train_eta_dask(
     ddf: dd.DataFrame, test_from: str | pd.Timestamp, config: EtaConfig, client: Any
 ) -> EtaTrainResult:
@@ -183,7 +179,7 @@ def train_eta_dask(
                 cats, client,
             ).booster_
             if (config.refit_full and not later) or q != 0.5
-            else _truncated(median, best[mode])
+            else truncated(median.booster_, best[mode])
             for q in QUANTILES
         }  # fmt: skip
         del data

@@ -259,7 +259,7 @@ def fit_mode(
         alphas = tuple(a for a in QUANTILES if not (later and a == 0.5))
         boosters = _train_quantiles([X_tr, X_va], [y_tr, y_va], mode, config, best, alphas)
         if later:
-            boosters[0.5] = lgb.Booster(model_str=median.model_to_string(num_iteration=best))
+            boosters[0.5] = truncated(median, best)
     else:
         boosters = {0.5: median} | {
             alpha: lgb.train(
@@ -269,6 +269,11 @@ def fit_mode(
             if alpha != 0.5
         }
     return ModeModel(boosters=boosters, target=config.target), best
+
+
+def truncated(booster: lgb.Booster, rounds: int) -> lgb.Booster:
+    """The first ``rounds`` trees as a plain Booster (what early stopping would have kept)."""
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
 
 
 def bound_rounds(rounds: int, config: EtaConfig) -> int:
