@@ -1,4 +1,4 @@
-"""The ETA feature set ``eta_v4``: declared names, fitted profiles, one transform for both paths.
+"""The ETA feature set ``eta_v5``: declared names, fitted profiles, one transform for both paths.
 
 ``EtaFeaturizer.fit`` learns point-in-time profiles from the training window's deliveries
 (courier pace, a courier's habits per area, area habits, zone speed by hour of week);
@@ -17,16 +17,17 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from features import schema as s
-from features.eta_queries import QueryBatch, segment_rank
+from features.eta_queries import QueryBatch, queries_from_deliveries, segment_rank
 from features.geo import haversine_km
+from features.pair_order import PairOrder
 from features.precedence import PairPrecedence, precedence_rank, route_pairs
 from features.profiles import PointInTimeProfile, ProfileLookup, local_clock_min, local_day
 
-FEATURE_SET = "eta_v4"
+FEATURE_SET = "eta_v5"
 Mode = Literal["ordered", "unordered"]
 MODES: tuple[Mode, ...] = ("ordered", "unordered")
 FloatArray = npt.NDArray[np.float64]
@@ -60,6 +61,15 @@ UNORDERED_FEATURES: tuple[str, ...] = (
     "prec_before", "prec_frac", "prec_known", "prec_seq", "prec_seq_frac", "prec_path_km",
     "prec_switches", "prec_leg_sum_min", "prec_leg_today_min",
 )  # fmt: skip
+# New in eta_v5, unordered mode: the learned visit order (``features.pair_order``), each stop's
+# expected number of the query's other stops ahead of it, the order that follows and its legs.
+PAIR_ORDER_FEATURES: tuple[str, ...] = (
+    "pw_ahead", "pw_frac", "pw_seq", "pw_path_km", "pw_leg_sum_min", "pw_leg_today_min",
+)  # fmt: skip
+# what the pair model itself reads: every column before it; some also as they are, not only as
+# differences (how many stops are left, how far the first of the pair is)
+PAIR_BASE: tuple[str, ...] = (*COMMON_FEATURES, *UNORDERED_FEATURES)
+PAIR_KEEP: tuple[str, ...] = ("n_remaining", "dist_km", "rank_dist_frac", "clock_min")
 CATEGORICAL: tuple[str, ...] = ("stop_type", "vehicle")
 # Counts of past events are capped: uncapped, they grow with the calendar and let the trees
 # tell periods apart (a proxy for the date) instead of learning how experience matters.
@@ -71,7 +81,7 @@ def feature_names(mode: Mode) -> list[str]:
     if mode == "ordered":
         return [*COMMON_FEATURES, *ORDERED_FEATURES]
     if mode == "unordered":
-        return [*COMMON_FEATURES, *UNORDERED_FEATURES]
+        return [*COMMON_FEATURES, *UNORDERED_FEATURES, *PAIR_ORDER_FEATURES]
     raise ValueError(f"mode: must be 'ordered' or 'unordered', got {mode!r}")
 
 
@@ -95,15 +105,34 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         prior: float = 5.0,
         h3_resolution: int = s.DEFAULT_H3_RESOLUTION,
         window_wait_min: float = 20.0,
+        pair_order: PairOrder | None = None,
     ) -> None:
         self.prior = prior
         self.h3_resolution = h3_resolution
         # How early a courier will wait for a booked window to open (an operation's policy):
         # the ordered mode propagates those waits along the plan (``seq_win_wait_min``).
         self.window_wait_min = window_wait_min
+        # the unordered mode's learned visit order; None leaves its columns empty (NaN)
+        self.pair_order = pair_order
 
     def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
-        return self.fit_parts([self.partial(deliveries)])
+        self.fit_parts([self.partial(deliveries)])
+        if self.pair_order is not None:
+            self.fit_pair_order(queries_from_deliveries(deliveries))
+        return self
+
+    def fit_pair_order(self, history: QueryBatch) -> EtaFeaturizer:
+        """Train the pairwise visit-order models on the history's queries (after the profiles:
+        the pair model reads the other unordered columns, point in time)."""
+        if self.pair_order is None:
+            raise ValueError("pair_order: this featurizer was built without one")
+        base = self._base_unordered(history)
+        end_day = int(history.q_route_day.max()) + 1 if history.n_queries else 0
+        keep = tuple(PAIR_BASE.index(n) for n in PAIR_KEEP)
+        self.pair_order_ = clone(self.pair_order).fit(
+            history, base, self.courier_pair_, keep, end_day
+        )
+        return self
 
     def _profiles(self) -> dict[str, PointInTimeProfile]:
         habit_stats = ("clock_min", "rank_frac", "gap_next", "n_gap")
@@ -183,9 +212,8 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             cols.update(self._ordered(batch, cols))
         else:
             cols.update(self._unordered(batch, cols))
-        names = feature_names(mode)
-        # rows x features, float32 (cast once, as LightGBM reads it; C order for the trees)
-        return np.ascontiguousarray(np.array([cols[n] for n in names], dtype=np.float32).T)
+            cols.update(self._pair_order(batch, cols))
+        return _as_matrix(cols, feature_names(mode))
 
     def _common(self, b: QueryBatch) -> dict[str, FloatArray]:
         q = b.t_query
@@ -342,6 +370,34 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "prec_switches": _switches_along(along, areas),
             "prec_leg_sum_min": legsum,
             "prec_leg_today_min": legsum * _today_factor(cols),
+        }
+
+    def _base_unordered(self, b: QueryBatch) -> npt.NDArray[np.float32]:
+        """The columns the pair model reads (``PAIR_BASE``), as ``transform`` computes them."""
+        cols = self._common(b)
+        cols.update(self._unordered(b, cols))
+        return _as_matrix(cols, PAIR_BASE)
+
+    def _pair_order(self, b: QueryBatch, cols: dict[str, FloatArray]) -> dict[str, FloatArray]:
+        order_model: PairOrder | None = self.__dict__.get("pair_order_")
+        if order_model is None:
+            nan = np.full(b.n_targets, np.nan)
+            return {name: nan for name in PAIR_ORDER_FEATURES}
+        q = b.t_query
+        ahead = order_model.ahead(b, _as_matrix(cols, PAIR_BASE), self.courier_pair_)
+        order = segment_rank(q, np.nan_to_num(ahead, nan=0.0) * 1000.0 + cols["dist_km"])
+        along = _sorted_along(q, order)
+        km = _leg_km(along, b)
+        areas: _Areas = cols["_areas"]  # type: ignore[assignment]
+        legsum = _legs_along(along, km, areas, cols["_legs"])  # type: ignore[arg-type]
+        known = np.isfinite(ahead)
+        return {
+            "pw_ahead": ahead,
+            "pw_frac": ahead / np.maximum(cols["n_remaining"] - 1.0, 1.0),
+            "pw_seq": np.where(known, order.astype(np.float64), np.nan),
+            "pw_path_km": np.where(known, _path_along(along, km), np.nan),
+            "pw_leg_sum_min": np.where(known, legsum, np.nan),
+            "pw_leg_today_min": np.where(known, legsum * _today_factor(cols), np.nan),
         }
 
     def _ordered(self, b: QueryBatch, cols: dict[str, FloatArray]) -> dict[str, FloatArray]:
@@ -542,6 +598,13 @@ class _Areas:
 # 14% / 1%. Legs over LEG_CAP_MIN are breaks and waits, not what a leg costs: the cap of 30
 # beat 60 and 120 on both dev splits.
 LEG_CAP_MIN = 30.0
+
+
+def _as_matrix(cols: dict[str, FloatArray], names: Any) -> npt.NDArray[np.float32]:
+    """Rows x features, float32 (cast once, as LightGBM reads it; C order for the trees)."""
+    return np.ascontiguousarray(np.array([cols[n] for n in names], dtype=np.float32).T)
+
+
 PAIRS = "courier_pair_"  # FitPart.daily entry of the area-pair counts
 PRECEDENCE_PRIOR = 1.0  # routes' worth of 1/2 for a pair: one route already says much
 LEG_STATS: tuple[str, ...] = ("n_same", "same_min", "n_sw", "sw_km", "sw_min", "sw_km2", "sw_kmmin")

@@ -1,4 +1,4 @@
-"""ETA feature set eta_v4: pinned names, point-in-time profiles, no leakage, one code path."""
+"""ETA feature set eta_v5: pinned names, point-in-time profiles, no leakage, one code path."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ from features import schema as s
 from features.eta_features import EtaFeaturizer, feature_names
 from features.eta_queries import queries_from_deliveries
 from features.eta_request import ZoneResolver, build_batch, requests_from_deliveries
+from features.pair_order import PairOrder
 from features.profiles import PointInTimeProfile
 from tests.synth import TZ, make_deliveries
+
+
+def _featurizer() -> EtaFeaturizer:
+    """With a tiny learned visit order, so its columns are exercised (not left NaN)."""
+    order = PairOrder(refresh_days=5, min_days=5, rounds=10, min_child_samples=20, max_targets=10)
+    return EtaFeaturizer(pair_order=order)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +37,7 @@ def test_feature_names_are_pinned() -> None:
         "rank_dist",
         "rank_dist_frac",
     ]
-    assert len(unordered) == len(set(unordered)) == 69
+    assert len(unordered) == len(set(unordered)) == 75
     assert unordered[56:60] == [
         "nn_leg_sum_min",
         "pseudo_leg_sum_min",
@@ -47,6 +54,12 @@ def test_feature_names_are_pinned() -> None:
         "prec_switches",
         "prec_leg_sum_min",
         "prec_leg_today_min",
+        "pw_ahead",
+        "pw_frac",
+        "pw_seq",
+        "pw_path_km",
+        "pw_leg_sum_min",
+        "pw_leg_today_min",
     ]
     assert feature_names("ordered") == [
         *unordered[:60],
@@ -106,13 +119,13 @@ def test_leakage_rows_after_t_do_not_change_features_at_t(deliveries: pd.DataFra
     extra = changed[later].assign(**{s.STOP_ID: lambda f: f[s.STOP_ID] + "-x"})
     changed = pd.concat([changed, extra], ignore_index=True)
     for mode in ("ordered", "unordered"):
-        a = EtaFeaturizer().fit(deliveries).transform(sub, mode)
-        b = EtaFeaturizer().fit(changed).transform(sub, mode)
+        a = _featurizer().fit(deliveries).transform(sub, mode)
+        b = _featurizer().fit(changed).transform(sub, mode)
         np.testing.assert_array_equal(a, b)
 
 
 def test_service_requests_give_the_training_features(deliveries: pd.DataFrame) -> None:
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = _featurizer().fit(deliveries)
     history = queries_from_deliveries(deliveries)
     live = build_batch(requests_from_deliveries(deliveries), featurizer.tz_, ZoneResolver())
     assert live.n_targets == history.n_targets
@@ -133,7 +146,7 @@ def test_service_requests_give_the_training_features(deliveries: pd.DataFrame) -
 
 
 def test_unknown_courier_and_zone_fall_back(deliveries: pd.DataFrame) -> None:
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = _featurizer().fit(deliveries)
     last_route = deliveries[s.ROUTE_ID].iloc[-1]
     live = requests_from_deliveries(deliveries[deliveries[s.ROUTE_ID] == last_route])
     route = live[0]
@@ -176,7 +189,7 @@ def test_nn_tour_few_queries_path_equals_the_vectorised_one() -> None:
 def test_one_request_at_a_time_gives_the_training_features(deliveries: pd.DataFrame) -> None:
     """The service answers one route per call: the small-batch paths (dict lookups, per-query
     tours) must give exactly what the training batch gives."""
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = _featurizer().fit(deliveries)
     requests = requests_from_deliveries(deliveries)
     whole = build_batch(requests, featurizer.tz_, ZoneResolver())
     picks = np.random.default_rng(0).choice(len(requests), 15, replace=False)
@@ -199,7 +212,7 @@ def test_small_batch_paths_give_what_the_vectorised_paths_give(
     from features import eta_features as ef
     from features import profiles
 
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = _featurizer().fit(deliveries)
     requests = requests_from_deliveries(deliveries)
     batches = [
         queries_from_deliveries(deliveries),
@@ -220,7 +233,7 @@ def test_small_batch_paths_give_what_the_vectorised_paths_give(
 
 
 def test_lookup_caches_are_not_pickled(deliveries: pd.DataFrame) -> None:
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = _featurizer().fit(deliveries)
     batch = build_batch(requests_from_deliveries(deliveries)[:1], featurizer.tz_, ZoneResolver())
     featurizer.transform(batch, "ordered")
     assert "_pooled_of" in featurizer.aoi_.__dict__
@@ -246,7 +259,7 @@ def test_leg_sums_add_up_a_courier_leg_law_along_the_plan() -> None:
     cum = pd.Series(leg).groupby(d[s.ROUTE_ID]).cumsum().to_numpy()
     d[s.ARRIVAL_TIME] = d[s.DISPATCH_TIME] + pd.to_timedelta(cum, unit="min")
     d[s.DEPARTURE_TIME] = d[s.ARRIVAL_TIME] + pd.Timedelta(minutes=1)
-    featurizer = EtaFeaturizer().fit(d)
+    featurizer = _featurizer().fit(d)
     batch = queries_from_deliveries(d)
     X = pd.DataFrame(featurizer.transform(batch, "ordered"), columns=feature_names("ordered"))
     after_a_stop = batch.q_n_done[batch.t_query] >= 1
@@ -295,7 +308,7 @@ def test_a_booked_window_in_a_request_holds_up_the_stops_after_it(
     import dataclasses
     import datetime as dt
 
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = _featurizer().fit(deliveries)
     request = next(r for r in requests_from_deliveries(deliveries) if len(r.stops) >= 5)
     request = dataclasses.replace(
         request,

@@ -214,3 +214,25 @@ def test_benchmark_validates_contract_parquet(tmp_path: Path) -> None:
     msg = f"validation would drop {bad / len(many):.1%} of rows; the protocol allows under 1%"
     with pytest.raises(ValueError, match=re.escape(msg)):
         load_for_benchmark(path, "parquet")
+
+
+def test_training_with_the_learned_visit_order_fills_its_columns_and_survives_pickling() -> None:
+    import pickle
+
+    from features.eta_features import feature_names
+
+    deliveries = make_deliveries(days=36, couriers=3, stops=6, seed=5)
+    assert EtaConfig().pair_order is False  # costly: on where couriers order by habit (LaDe)
+    config = dataclasses.replace(TINY, pair_order=True, modes=("unordered",))
+    result = run_eta_benchmark(deliveries, "2021-07-01", config)
+    featurizer = result.train.bundle.featurizer
+    assert len(featurizer.pair_order_.models_) == len(featurizer.pair_order_.cuts_) >= 1
+    X = featurizer.transform(result.test, "unordered")
+    pw = [i for i, n in enumerate(feature_names("unordered")) if n.startswith("pw_")]
+    assert np.isfinite(X[:, pw]).all()  # test days are after the window: the last model ranks
+    again = pickle.loads(pickle.dumps(result.train.bundle))
+    np.testing.assert_array_equal(
+        again.predict(result.test, "unordered").p50,
+        result.train.bundle.predict(result.test, "unordered").p50,
+    )
+    assert result.results["protocols"]["unordered"]["model"]["mae_min"] > 0
