@@ -114,6 +114,12 @@ def test_dask_training_matches_pandas_accuracy(deliveries: pd.DataFrame, client:
     assert dask_result.split == pandas_result.split
 
 
+def test_dask_refuses_the_learned_visit_order(deliveries: pd.DataFrame, client: Any) -> None:
+    ddf = by_route_day(deliveries, npartitions=2)
+    with pytest.raises(ValueError, match="pair_order: the Dask engine does not learn"):
+        train_eta_dask(ddf, TEST_FROM, dataclasses.replace(CONFIG, pair_order=True), client)
+
+
 def test_train_eta_command_on_the_dask_engine(mlflow_uri: str, tmp_path: Any) -> None:
     """``doorstep train eta --engine dask`` trains, registers and gates like the pandas path."""
     import yaml
