@@ -148,10 +148,10 @@ class PairOrder(BaseEstimator):  # type: ignore[misc]
         cuts = [*range(first + self.min_days, end_day, self.refresh_days), end_day]
         self.cuts_: list[int] = []
         self.models_: list[lgb.Booster] = []
+        all_i, all_j = query_pairs(b.t_query, u, self.max_targets)
         for cut in cuts:
-            i, j = query_pairs(b.t_query, u, self.max_targets)
-            inside = day[i] < cut
-            i, j = i[inside], j[inside]
+            inside = day[all_i] < cut
+            i, j = all_i[inside], all_j[inside]
             if len(i) < 1000:  # too little history for this cut
                 continue
             if len(i) > self.max_pairs:  # the pairs of smallest key: a stable sample
