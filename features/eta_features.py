@@ -81,7 +81,7 @@ def feature_names(mode: Mode) -> list[str]:
     if mode == "ordered":
         return [*COMMON_FEATURES, *ORDERED_FEATURES]
     if mode == "unordered":
-        return [*COMMON_FEATURES, *UNORDERED_FEATURES, *PAIR_ORDER_FEATURES]
+        return [*PAIR_BASE, *PAIR_ORDER_FEATURES]  # transform stacks them in this order
     raise ValueError(f"mode: must be 'ordered' or 'unordered', got {mode!r}")
 
 
@@ -115,10 +115,16 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         # the unordered mode's learned visit order; None leaves its columns empty (NaN)
         self.pair_order = pair_order
 
-    def fit(self, deliveries: pd.DataFrame, y: object = None) -> EtaFeaturizer:
+    def fit(
+        self, deliveries: pd.DataFrame, y: object = None, *, queries: QueryBatch | None = None
+    ) -> EtaFeaturizer:
+        """``queries``: the training queries of these same deliveries, if the caller has them
+        (the pair order trains on them; built here otherwise)."""
         self.fit_parts([self.partial(deliveries)])
         if self.pair_order is not None:
-            self.fit_pair_order(queries_from_deliveries(deliveries))
+            self.fit_pair_order(
+                queries if queries is not None else queries_from_deliveries(deliveries)
+            )
         return self
 
     def fit_pair_order(self, history: QueryBatch) -> EtaFeaturizer:
@@ -126,7 +132,7 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         the pair model reads the other unordered columns, point in time)."""
         if self.pair_order is None:
             raise ValueError("pair_order: this featurizer was built without one")
-        base = self._base_unordered(history)
+        _, base = self._unordered_base(history)
         end_day = int(history.q_route_day.max()) + 1 if history.n_queries else 0
         keep = tuple(PAIR_BASE.index(n) for n in PAIR_KEEP)
         self.pair_order_ = clone(self.pair_order).fit(
@@ -207,12 +213,12 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         """The feature matrix (targets x ``feature_names(mode)``) of a query batch."""
         if "courier_" not in self.__dict__:  # raises NotFittedError; cheaper on the hot path
             check_is_fitted(self, "courier_")
+        if mode == "unordered":  # its pair order reads every column before its own
+            cols, base = self._unordered_base(batch)
+            pair_cols = _as_matrix(self._pair_order(batch, cols, base), PAIR_ORDER_FEATURES)
+            return np.hstack([base, pair_cols])
         cols = self._common(batch)
-        if mode == "ordered":
-            cols.update(self._ordered(batch, cols))
-        else:
-            cols.update(self._unordered(batch, cols))
-            cols.update(self._pair_order(batch, cols))
+        cols.update(self._ordered(batch, cols))
         return _as_matrix(cols, feature_names(mode))
 
     def _common(self, b: QueryBatch) -> dict[str, FloatArray]:
@@ -372,19 +378,24 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
             "prec_leg_today_min": legsum * _today_factor(cols),
         }
 
-    def _base_unordered(self, b: QueryBatch) -> npt.NDArray[np.float32]:
-        """The columns the pair model reads (``PAIR_BASE``), as ``transform`` computes them."""
+    def _unordered_base(
+        self, b: QueryBatch
+    ) -> tuple[dict[str, FloatArray], npt.NDArray[np.float32]]:
+        """The unordered columns before the pair order's (``PAIR_BASE``): by name and as the
+        matrix the pair model reads."""
         cols = self._common(b)
         cols.update(self._unordered(b, cols))
-        return _as_matrix(cols, PAIR_BASE)
+        return cols, _as_matrix(cols, PAIR_BASE)
 
-    def _pair_order(self, b: QueryBatch, cols: dict[str, FloatArray]) -> dict[str, FloatArray]:
+    def _pair_order(
+        self, b: QueryBatch, cols: dict[str, FloatArray], base: npt.NDArray[np.float32]
+    ) -> dict[str, FloatArray]:
         order_model: PairOrder | None = self.__dict__.get("pair_order_")
         if order_model is None:
             nan = np.full(b.n_targets, np.nan)
             return {name: nan for name in PAIR_ORDER_FEATURES}
         q = b.t_query
-        ahead = order_model.ahead(b, _as_matrix(cols, PAIR_BASE), self.courier_pair_)
+        ahead = order_model.ahead(b, base, self.courier_pair_)
         order = segment_rank(q, np.nan_to_num(ahead, nan=0.0) * 1000.0 + cols["dist_km"])
         along = _sorted_along(q, order)
         km = _leg_km(along, b)

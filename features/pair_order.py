@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.eta_queries import QueryBatch
 from features.geo import haversine_km
-from features.precedence import PairPrecedence
+from features.precedence import PairPrecedence, group_pairs
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -49,14 +49,8 @@ def query_pairs(
         rank[order] = np.arange(len(group)) - first
         keep = rank < max_targets
     idx = np.flatnonzero(keep)
-    g = group[idx]
-    starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1] if len(g) else np.zeros(0, np.int64)
-    size = np.diff(np.r_[starts, len(g)])
-    k = np.repeat(size, size)
-    i = np.repeat(np.arange(len(g)), k)
-    j = np.repeat(np.repeat(starts, size), k) + (np.arange(len(i)) - np.repeat(np.cumsum(k) - k, k))
-    other = i != j
-    return idx[i[other]], idx[j[other]]
+    i, j = group_pairs(group[idx])
+    return idx[i], idx[j]
 
 
 def target_keys(b: QueryBatch, seed: int) -> FloatArray:

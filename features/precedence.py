@@ -60,6 +60,19 @@ def route_pairs(d: pd.DataFrame, day: IntArray) -> pd.DataFrame:
     return pairs.groupby(["courier", "a", "b", "day"], sort=False).sum().reset_index()
 
 
+def group_pairs(group: IntArray) -> tuple[IntArray, IntArray]:
+    """Every ordered pair (i, j), i != j, of positions within each run of a sorted ``group``."""
+    if len(group) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    size = np.diff(np.r_[starts, len(group)])
+    k = np.repeat(size, size)
+    i = np.repeat(np.arange(len(group)), k)
+    j = np.repeat(np.repeat(starts, size), k) + (np.arange(len(i)) - np.repeat(np.cumsum(k) - k, k))
+    other = i != j
+    return i[other], j[other]
+
+
 class PairPrecedence(BaseEstimator):  # type: ignore[misc]
     """As-of counts of a courier reaching one area before another, shrunk toward 1/2."""
 
@@ -188,13 +201,7 @@ def precedence_rank(
     first_of = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     size = np.diff(np.r_[first_of, len(g)])
     k = np.repeat(size, size)  # per distinct row: its query's distinct areas
-    # every ordered pair (i, j) of distinct rows within a query, i != j
-    i = np.repeat(np.arange(len(g)), k)
-    j = np.repeat(np.repeat(first_of, size), k) + (
-        np.arange(len(i)) - np.repeat(np.cumsum(k) - k, k)
-    )
-    other = i != j
-    i, j = i[other], j[other]
+    i, j = group_pairs(g)
     p, n = model.p_before(courier_q[g[i]], a[j], a[i], day_q[g[i]])  # j's area first
     before = np.bincount(i, p, len(g))
     share = np.bincount(i, (n > 0).astype(float), len(g)) / np.maximum(k - 1, 1)

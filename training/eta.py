@@ -380,9 +380,11 @@ def train_eta(
     t_from = day_of(test_from)
     history = deliveries[local_day(deliveries[s.DISPATCH_TIME]) < t_from]
     split = make_split(history, t_from, config)
-    featurizer = config.featurizer().fit(history)
     batch = batch if batch is not None else queries_from_deliveries(history)
     day = route_day(batch)
+    # a caller's batch may reach past test_from; the pair order learns from history only
+    queries = batch.take_queries(day < t_from) if config.pair_order else None
+    featurizer = config.featurizer().fit(history, queries=queries)
     fit_b = _subsample(batch.take_queries(day < split.valid_from), config.max_train_queries, rng)
     valid_b = batch.take_queries((day >= split.valid_from) & (day < split.fit_end))
     cal_b = batch.take_queries((day >= split.fit_end) & (day < t_from))
