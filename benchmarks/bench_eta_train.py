@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
 
     from citysim import CityConfig, simulate
-    from features.eta_features import EtaFeaturizer
     from features.eta_queries import queries_from_deliveries
     from features.ingest import ingest_frame
     from training.eta import EtaConfig, train_eta
@@ -63,13 +62,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if rows < args.rows:
         print(f"warning: the city has only {rows:,} query-stop rows (< --rows {args.rows:,}): raise --days")
 
+    config = EtaConfig(max_train_queries=batch.n_queries, calib_days=7, valid_days=5)
     t0 = time.perf_counter()
-    featurizer = EtaFeaturizer().fit(deliveries)
+    featurizer = config.featurizer().fit(deliveries, queries=batch)
     X = {mode: featurizer.transform(batch, mode) for mode in ("ordered", "unordered")}
     t_features = time.perf_counter() - t0
 
     test_from = holdout_start(deliveries, 1)
-    config = EtaConfig(max_train_queries=batch.n_queries, calib_days=7, valid_days=5)
     load_before = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     result = train_eta(deliveries, test_from, config, batch=batch)

@@ -1,4 +1,4 @@
-"""The ETA feature set ``eta_v5``: declared names, fitted profiles, one transform for both paths.
+"""The ETA feature set ``eta_v6``: declared names, fitted profiles, one transform for both paths.
 
 ``EtaFeaturizer.fit`` learns point-in-time profiles from the training window's deliveries
 (courier pace, a courier's habits per area, area habits, zone speed by hour of week);
@@ -23,11 +23,11 @@ from sklearn.utils.validation import check_is_fitted
 from features import schema as s
 from features.eta_queries import QueryBatch, queries_from_deliveries, segment_rank
 from features.geo import haversine_km
-from features.pair_order import PairOrder
+from features.pair_order import PairColumns, PairOrder
 from features.precedence import PairPrecedence, precedence_rank, route_pairs
 from features.profiles import PointInTimeProfile, ProfileLookup, local_clock_min, local_day
 
-FEATURE_SET = "eta_v5"
+FEATURE_SET = "eta_v6"
 Mode = Literal["ordered", "unordered"]
 MODES: tuple[Mode, ...] = ("ordered", "unordered")
 FloatArray = npt.NDArray[np.float64]
@@ -63,6 +63,8 @@ UNORDERED_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 # New in eta_v5, unordered mode: the learned visit order (``features.pair_order``), each stop's
 # expected number of the query's other stops ahead of it, the order that follows and its legs.
+# eta_v6: the same columns from a per-stop ranker refined by the pair model on close calls only
+# (eta_v5 ran the pair model on every pair of a query), a sixth of the cost and a little better.
 PAIR_ORDER_FEATURES: tuple[str, ...] = (
     "pw_ahead", "pw_frac", "pw_seq", "pw_path_km", "pw_leg_sum_min", "pw_leg_today_min",
 )  # fmt: skip
@@ -70,6 +72,19 @@ PAIR_ORDER_FEATURES: tuple[str, ...] = (
 # differences (how many stops are left, how far the first of the pair is)
 PAIR_BASE: tuple[str, ...] = (*COMMON_FEATURES, *UNORDERED_FEATURES)
 PAIR_KEEP: tuple[str, ...] = ("n_remaining", "dist_km", "rank_dist_frac", "clock_min")
+# what the visit-order ranker reads besides each column: the columns that tell a query's stops
+# apart most (by gain on LaDe dev), as deviations from the query's mean and as ranks within the
+# query. Without the ranks its Spearman fell 0.772 -> 0.720; these 12 and 10 of the 49 columns
+# that vary within a query do as well as all 49 (0.793), at a third of the cost.
+PAIR_CONTEXT: tuple[str, ...] = (
+    "dist_km", "est_speed_min", "pseudo_rank_seq", "pseudo_cost_sum_min", "ready_min",
+    "ready_rank_frac", "nn_switches", "dist_depot_km", "dist_centroid_km", "nn_switch_est_min",
+    "stop_cost_min", "pseudo_leg_sum_min",
+)  # fmt: skip
+PAIR_RANKED: tuple[str, ...] = (
+    "dist_km", "est_speed_min", "pseudo_rank_seq", "ready_min", "ready_rank_frac",
+    "habit_rank_gap", "habit_rank_frac", "habit_gap_min", "nn_switches", "pseudo_switches",
+)  # fmt: skip
 CATEGORICAL: tuple[str, ...] = ("stop_type", "vehicle")
 # Counts of past events are capped: uncapped, they grow with the calendar and let the trees
 # tell periods apart (a proxy for the date) instead of learning how experience matters.
@@ -132,11 +147,17 @@ class EtaFeaturizer(BaseEstimator):  # type: ignore[misc]
         the pair model reads the other unordered columns, point in time)."""
         if self.pair_order is None:
             raise ValueError("pair_order: this featurizer was built without one")
+        history = history.take_queries(self.pair_order.sample_queries(history))
         _, base = self._unordered_base(history)
         end_day = int(history.q_route_day.max()) + 1 if history.n_queries else 0
-        keep = tuple(PAIR_BASE.index(n) for n in PAIR_KEEP)
+        columns = PairColumns(
+            *(
+                tuple(PAIR_BASE.index(n) for n in names)
+                for names in (PAIR_KEEP, PAIR_CONTEXT, PAIR_RANKED)
+            )
+        )
         self.pair_order_ = clone(self.pair_order).fit(
-            history, base, self.courier_pair_, keep, end_day
+            history, base, self.courier_pair_, columns, end_day
         )
         return self
 

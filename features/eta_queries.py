@@ -86,6 +86,20 @@ class QueryBatch:
         return QueryBatch(**values)
 
 
+def concat_batches(batches: list[QueryBatch]) -> QueryBatch:
+    """One batch of several (queries in the given order, target indices renumbered)."""
+    if not batches:
+        raise ValueError("batches: need at least one query batch")
+    offsets = np.cumsum([0, *(b.n_queries for b in batches[:-1])])
+    values = {
+        f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(QueryBatch)
+    }
+    values["t_query"] = np.concatenate(
+        [b.t_query + o for b, o in zip(batches, offsets, strict=True)]
+    )
+    return QueryBatch(**values)
+
+
 def _str(values: pd.Series) -> ObjArray:
     return values.astype("string").fillna("").to_numpy(dtype=object)
 

@@ -24,6 +24,7 @@ from training.dask_eta import (
     LABEL,
     by_route_day,
     fit_featurizer,
+    fit_pair_order_dask,
     train_eta_dask,
     window_features,
 )
@@ -114,10 +115,32 @@ def test_dask_training_matches_pandas_accuracy(deliveries: pd.DataFrame, client:
     assert dask_result.split == pandas_result.split
 
 
-def test_dask_refuses_the_learned_visit_order(deliveries: pd.DataFrame, client: Any) -> None:
-    ddf = by_route_day(deliveries, npartitions=2)
-    with pytest.raises(ValueError, match="pair_order: the Dask engine does not learn"):
-        train_eta_dask(ddf, TEST_FROM, dataclasses.replace(CONFIG, pair_order=True), client)
+def test_the_visit_order_learned_on_the_cluster_matches_the_pandas_one(
+    deliveries: pd.DataFrame, client: Any
+) -> None:
+    from features.pair_order import PairOrder
+
+    order = PairOrder(refresh_days=5, min_days=5, rounds=10, rank_rounds=10, min_child_samples=20)
+    history = deliveries[local_day(deliveries[s.DISPATCH_TIME]) < day_of(TEST_FROM)]
+    local = EtaFeaturizer(pair_order=order).fit(history)
+    ddf = by_route_day(deliveries, npartitions=3)
+    cluster = fit_pair_order_dask(
+        ddf,
+        day_of(TEST_FROM),
+        fit_featurizer(ddf, day_of(TEST_FROM), EtaFeaturizer(pair_order=order)),
+    )
+    assert (
+        cluster.pair_order_.cuts_ == local.pair_order_.cuts_ and len(local.pair_order_.cuts_) >= 2
+    )
+    batch = queries_from_deliveries(deliveries)
+    names = feature_names("unordered")
+    pw = [names.index(n) for n in names if n.startswith("pw_")]
+    a, b = cluster.transform(batch, "unordered")[:, pw], local.transform(batch, "unordered")[:, pw]
+    assert np.isfinite(a).mean() > 0.5
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    empty = fit_featurizer(ddf, day_of(TEST_FROM))  # built without a pair order
+    with pytest.raises(ValueError, match="pair_order: this featurizer was built without one"):
+        fit_pair_order_dask(ddf, day_of(TEST_FROM), empty)
 
 
 def test_train_eta_command_on_the_dask_engine(mlflow_uri: str, tmp_path: Any) -> None:

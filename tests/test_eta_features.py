@@ -1,4 +1,4 @@
-"""ETA feature set eta_v5: pinned names, point-in-time profiles, no leakage, one code path."""
+"""ETA feature set eta_v6: pinned names, point-in-time profiles, no leakage, one code path."""
 
 from __future__ import annotations
 

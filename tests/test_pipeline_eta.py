@@ -48,7 +48,7 @@ def test_train_register_gate_and_load_back(deliveries: pd.DataFrame, mlflow_uri:
     run = mlflow.get_run(first.run_id)
     assert "leg.model.mae_min" in run.data.metrics
     assert run.data.metrics["unordered.model.mae_min"] < run.data.metrics["unordered.baseline.const_median.mae_min"]
-    assert run.data.tags["feature_set"] == "eta_v5"
+    assert run.data.tags["feature_set"] == "eta_v6"
 
     bundle = load_bundle("models:/doorstep-eta@champion")
     assert bundle.leg is not None

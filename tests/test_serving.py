@@ -114,7 +114,7 @@ def test_service_loads_both_champions_and_is_ready(service: Any) -> None:
     assert info["ready"] is True and info["errors"] == {}
     assert info["models"]["eta"]["version"] == "1"
     assert info["models"]["eta"]["alias"] == "champion"
-    assert info["models"]["eta"]["feature_set"] == "eta_v5"
+    assert info["models"]["eta"]["feature_set"] == "eta_v6"
     assert info["models"]["demand"]["name"] == "doorstep-demand"
     assert info["models"]["eta"]["training_window"][0] < info["models"]["eta"]["training_window"][1]
     assert any(k.endswith("model.mae_min") for k in info["models"]["eta"]["metrics"])

@@ -257,7 +257,7 @@ def check_run(client: MlflowClient, logged: LoggedModel, trained: Trained) -> No
     assert params["booster.n_estimators"] == "5"
     assert params["best_iteration.ordered"] == str(trained.result.best_iterations["ordered"])
     tags = run.data.tags
-    assert tags["feature_set"] == "eta_v5"
+    assert tags["feature_set"] == "eta_v6"
     assert tags["test_from"] == TEST_FROM.date().isoformat()
     assert tags["data_source"] == "synthetic:test_tracking"
     assert tags["training_window"] == "/".join(trained.result.bundle.training_window)
@@ -280,7 +280,7 @@ def check_run(client: MlflowClient, logged: LoggedModel, trained: Trained) -> No
     assert logged.model_version == "1"
     version = client.get_model_version(NAME, "1")
     assert version.run_id == logged.run_id
-    assert version.tags["feature_set"] == "eta_v5"
+    assert version.tags["feature_set"] == "eta_v6"
     assert version.tags["data_source"] == "synthetic:test_tracking"
 
 
@@ -377,7 +377,7 @@ def test_gate_with_real_models(trained: Trained, weak: Trained, store: str) -> N
     listed = registry.current_versions(NAME)
     assert {a: v.version for a, v in listed.items()} == {"champion": "1", "challenger": "2"}
     assert listed["champion"].run_id == first.run_id
-    assert listed["champion"].tags["feature_set"] == "eta_v5"
+    assert listed["champion"].tags["feature_set"] == "eta_v6"
     assert client.get_model_version(NAME, "2").tags["gate_decision"].startswith("challenger:")
 
 
@@ -457,7 +457,7 @@ def test_a_champion_this_code_cannot_serve_is_replaced(store: str) -> None:
     registry.promote_if_better(NAME, v1, _mode_scores(5.0), lambda uri: _mode_scores(5.0))
 
     def old_features(uri: str) -> dict[str, dict[str, float | None]]:
-        raise FeatureSetMismatch("feature_set: model uses 'eta_v0', this code computes 'eta_v5'")
+        raise FeatureSetMismatch("feature_set: model uses 'eta_v0', this code computes 'eta_v6'")
 
     wide = registry.promote_if_better(NAME, v2, _mode_scores(9.0, 0.60), old_features)
     assert not wide.promoted and "coverage 0.600 outside" in wide.reason
@@ -465,7 +465,7 @@ def test_a_champion_this_code_cannot_serve_is_replaced(store: str) -> None:
     assert decision.promoted
     assert decision.reason == (
         f"champion {v1} cannot be served by this code "
-        "(feature_set: model uses 'eta_v0', this code computes 'eta_v5')"
+        "(feature_set: model uses 'eta_v0', this code computes 'eta_v6')"
     )
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == v3
 

@@ -29,7 +29,8 @@ import pandas as pd
 from doorstep.eta_bundle import QUANTILES, EtaBundle, ModeModel, shape
 from features import schema as s
 from features.eta_features import CATEGORICAL, EtaFeaturizer, Mode, feature_names
-from features.eta_queries import queries_from_deliveries
+from features.eta_queries import QueryBatch, concat_batches, queries_from_deliveries
+from features.pair_order import PairOrder
 from features.profiles import local_day
 from training.engine import nonempty
 from training.eta import (
@@ -82,6 +83,28 @@ def fit_featurizer(
     featurizer = featurizer if featurizer is not None else EtaFeaturizer()
     parts = dask.compute(*[dask.delayed(_partial)(p, t_from, featurizer) for p in ddf.to_delayed()])
     return featurizer.fit_parts([p for p in parts if p is not None])
+
+
+def _sampled_queries(part: pd.DataFrame, t_from: int, order: PairOrder) -> QueryBatch | None:
+    history = _before(part.reset_index(drop=True), t_from)
+    batch = queries_from_deliveries(history) if len(history) else None
+    return batch.take_queries(order.sample_queries(batch)) if batch and batch.n_queries else None
+
+
+def fit_pair_order_dask(ddf: dd.DataFrame, t_from: int, featurizer: EtaFeaturizer) -> EtaFeaturizer:
+    """``EtaFeaturizer.fit_pair_order`` on the days before ``t_from`` (after ``fit_featurizer``).
+
+    The pair order learns from a sample of at most ``max_day_queries`` history queries a day
+    (``PairOrder.sample_queries``). Partitions hold whole days, so each draws its days' share
+    of that same sample; only the sample comes to the client, where the models train."""
+    order = featurizer.pair_order
+    if order is None:
+        raise ValueError("pair_order: this featurizer was built without one")
+    parts = dask.compute(
+        *[dask.delayed(_sampled_queries)(p, t_from, order) for p in ddf.to_delayed()]
+    )
+    batches = [b for b in parts if b is not None]
+    return featurizer.fit_pair_order(concat_batches(batches)) if batches else featurizer
 
 
 def _window_frame(
@@ -143,19 +166,14 @@ def train_eta_dask(
 ) -> EtaTrainResult:
     """``train_eta`` on a cluster: profiles, boosters and calibration from the days before
     ``test_from``; returns the same ``EtaTrainResult``."""
-    if config.pair_order:
-        # its pair models need every history query's rows in one place; not built for a
-        # cluster yet, and silently leaving the columns empty would train a different model
-        raise ValueError(
-            "pair_order: the Dask engine does not learn the visit order yet; "
-            "set pair_order: false or train with --engine pandas"
-        )
     start = time.perf_counter()
     t_from = day_of(test_from)
     days = np.concatenate(dask.compute(*[dask.delayed(_route_days)(p) for p in ddf.to_delayed()]))
     split = split_days(days, t_from, config)
     ddf = ddf.persist()
     featurizer = fit_featurizer(ddf, t_from, config.featurizer())
+    if featurizer.pair_order is not None:
+        fit_pair_order_dask(ddf, t_from, featurizer)
     modes: dict[str, ModeModel] = {}
     best: dict[str, int] = {}
     calibration: dict[str, list[float]] = {}

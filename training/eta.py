@@ -106,12 +106,11 @@ class EtaConfig:
     max_train_queries: int = 60_000  # random queries kept for training (all routes' days)
     # how early a courier waits for a booked window to open (``EtaFeaturizer.window_wait_min``)
     window_wait_min: float = 20.0
-    # The unordered mode's learned visit order (``features.pair_order``, ``eta_v5``). Off by
-    # default: its pair models and every query's pairs cost, and on the 1M-row speed city
-    # training took 800 s with it against 280 s (target 300). Where couriers choose the order
-    # from habit, switch it on, as configs/eta_lade.yaml does (LaDe, with the tuned booster:
-    # unordered test MAE 30.59 -> 27.46 min).
-    pair_order: bool = False
+    # The unordered mode's learned visit order (``features.pair_order``, ``eta_v6``): a ranker
+    # and a pair model on the close calls. LaDe dev unordered (seeds 7 / 8) 31.44 / 32.08 ->
+    # 28.11 / 28.35 min. It costs about 25 s of the 1M-row speed benchmark; off, the columns
+    # stay empty (NaN) and are dropped by the trees.
+    pair_order: bool = True
     seed: int = 7
     num_threads: int = 2
     modes: tuple[str, ...] = MODES
