@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--days", type=int, default=40)  # ~1.1M query-stop rows at 80 couriers
     parser.add_argument("--couriers", type=int, default=80)
     parser.add_argument("--rows", type=int, default=1_000_000, help="query-stop rows to train on")
+    parser.add_argument(
+        "--pair-order",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the unordered mode's learned visit order (off by default, as in EtaConfig)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eta_train.json"))
     args = parser.parse_args(argv)
 
@@ -60,9 +66,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     batch = batch.take_queries(keep)
     rows = batch.n_targets
     if rows < args.rows:
-        print(f"warning: the city has only {rows:,} query-stop rows (< --rows {args.rows:,}): raise --days")
+        print(
+            f"warning: the city has only {rows:,} query-stop rows (< --rows {args.rows:,}): raise --days"
+        )
 
-    config = EtaConfig(max_train_queries=batch.n_queries, calib_days=7, valid_days=5)
+    config = EtaConfig(
+        max_train_queries=batch.n_queries, calib_days=7, valid_days=5, pair_order=args.pair_order
+    )
     t0 = time.perf_counter()
     featurizer = config.featurizer().fit(deliveries, queries=batch)
     X = {mode: featurizer.transform(batch, mode) for mode in ("ordered", "unordered")}
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "query_stop_rows": rows,
         "rows_trained_incl_valid_and_calibration": trained_rows,
         "seconds": {
-            "simulate": t_sim,
+            "simulate": t_sim,  # single-threaded and fixed work: how fast the machine is today
             "build_queries_all": t_queries,
             "features_both_modes": t_features,
             "train_eta_total": t_train,
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         # cores; cpu / threads is what a quiet machine would take at best
         "cpu_seconds_train_eta": cpu_train,
         "num_threads": config.num_threads,
+        "pair_order": config.pair_order,
         "load_average_1min_before_training": load_before,
         "best_iterations": result.best_iterations,
         "peak_rss_mb": _peak_rss_mb(),

@@ -108,9 +108,11 @@ class EtaConfig:
     window_wait_min: float = 20.0
     # The unordered mode's learned visit order (``features.pair_order``, ``eta_v6``): a ranker
     # and a pair model on the close calls. LaDe dev unordered (seeds 7 / 8) 31.44 / 32.08 ->
-    # 28.11 / 28.35 min. It costs about 25 s of the 1M-row speed benchmark; off, the columns
-    # stay empty (NaN) and are dropped by the trees.
-    pair_order: bool = True
+    # 28.11 / 28.35 min; LaDe test 30.84 -> 27.61. Off by default because of what it costs
+    # on a busy city: the 1M-row speed benchmark took 390.6 s with it against 283.5 s without
+    # in the same hour (target 300 s). configs/eta_lade.yaml switches it on; off, its columns
+    # stay empty (NaN) and the trees drop them.
+    pair_order: bool = False
     seed: int = 7
     num_threads: int = 2
     modes: tuple[str, ...] = MODES
