@@ -89,14 +89,15 @@ def group_rank_frac(group: IntArray, value: FloatArray) -> FloatArray:
     order = np.lexsort((x, g))
     gs, xs = g[order], x[order]
     pos = np.arange(len(order))
-    new_group = np.r_[True, gs[1:] != gs[:-1]]
-    new_run = new_group | np.r_[True, xs[1:] != xs[:-1]]
+    first = np.ones(1, dtype=bool)  # np.r_ costs more than the rest on a request's few rows
+    new_group = np.concatenate((first, gs[1:] != gs[:-1]))
+    new_run = new_group | np.concatenate((first, xs[1:] != xs[:-1]))
     group_id = np.cumsum(new_group) - 1
     group_start = pos[new_group][group_id]
     group_size = np.bincount(group_id)[group_id]
     run_id = np.cumsum(new_run) - 1
     run_first = pos[new_run]
-    run_last = np.r_[run_first[1:], len(order)] - 1
+    run_last = np.append(run_first[1:], len(order)) - 1
     mean_rank = (run_first[run_id] + run_last[run_id]) / 2.0 - group_start
     out[ok[order]] = mean_rank / np.maximum(group_size - 1, 1)
     return out
