@@ -64,7 +64,8 @@ UNORDERED_FEATURES: tuple[str, ...] = (
 # New in eta_v5, unordered mode: the learned visit order (``features.pair_order``), each stop's
 # expected number of the query's other stops ahead of it, the order that follows and its legs.
 # eta_v6: the same columns from a per-stop ranker refined by the pair model on close calls only
-# (eta_v5 ran the pair model on every pair of a query), a sixth of the cost and a little better.
+# (eta_v5 ran the pair model on every pair of a query): on the 1M-row speed city it adds 107 s
+# to training where eta_v5's added ~500 s, and it ranks a little better (``docs/eta_model.md``).
 PAIR_ORDER_FEATURES: tuple[str, ...] = (
     "pw_ahead", "pw_frac", "pw_seq", "pw_path_km", "pw_leg_sum_min", "pw_leg_today_min",
 )  # fmt: skip
@@ -73,9 +74,10 @@ PAIR_ORDER_FEATURES: tuple[str, ...] = (
 PAIR_BASE: tuple[str, ...] = (*COMMON_FEATURES, *UNORDERED_FEATURES)
 PAIR_KEEP: tuple[str, ...] = ("n_remaining", "dist_km", "rank_dist_frac", "clock_min")
 # what the visit-order ranker reads besides each column: the columns that tell a query's stops
-# apart most (by gain on LaDe dev), as deviations from the query's mean and as ranks within the
-# query. Without the ranks its Spearman fell 0.772 -> 0.720; these 12 and 10 of the 49 columns
-# that vary within a query do as well as all 49 (0.793), at a third of the cost.
+# apart most (by gain on LaDe dev), as deviations from the query's mean and as ranks within
+# the query. Without the ranks its Spearman fell 0.772 -> 0.720 (prototype); these 12 and 10
+# of the 49 columns that vary within a query do as well as all 49 (0.793), at a third of the
+# cost.
 PAIR_CONTEXT: tuple[str, ...] = (
     "dist_km", "est_speed_min", "pseudo_rank_seq", "pseudo_cost_sum_min", "ready_min",
     "ready_rank_frac", "nn_switches", "dist_depot_km", "dist_centroid_km", "nn_switch_est_min",

@@ -12,9 +12,9 @@ stop against the other stops of its query:
   within ``window`` places of each other: the close calls. Far pairs keep the ranker's order.
 
 Each stop's expected number of the query's other stops ahead of it then ranks the stops with
-mean per-query Spearman 0.784 against the true order on LaDe dev; the pair model over every
-pair gave 0.778 and costs n(n-1)/2 predictions a query instead of about 3n (the ranker alone:
-0.772; the P50 of eta_v4: 0.69; distance: 0.58).
+mean per-query Spearman 0.793 against the true order on LaDe dev; the pair model over every
+pair (eta_v5) gave 0.778 and costs n(n-1) predictions a query instead of about 3n (the ranker
+alone: 0.782; the P50 of eta_v4: 0.69; distance: 0.58).
 
 Point in time like every profile: a query of day d is ranked by models trained on queries
 of days before a cut at or before d. ``fit`` trains one pair of models per cut (every
