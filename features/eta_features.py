@@ -64,8 +64,9 @@ UNORDERED_FEATURES: tuple[str, ...] = (
 # New in eta_v5, unordered mode: the learned visit order (``features.pair_order``), each stop's
 # expected number of the query's other stops ahead of it, the order that follows and its legs.
 # eta_v6: the same columns from a per-stop ranker refined by the pair model on close calls only
-# (eta_v5 ran the pair model on every pair of a query): on the 1M-row speed city it adds 107 s
-# to training where eta_v5's added ~500 s, and it ranks a little better (``docs/eta_model.md``).
+# (eta_v5 ran the pair model on every pair of a query): on the 1M-row speed city its own fit
+# and transforms take ~60 s of training where eta_v5's took several hundred, and it ranks a
+# little better (``docs/eta_model.md``).
 PAIR_ORDER_FEATURES: tuple[str, ...] = (
     "pw_ahead", "pw_frac", "pw_seq", "pw_path_km", "pw_leg_sum_min", "pw_leg_today_min",
 )  # fmt: skip

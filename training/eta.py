@@ -110,7 +110,8 @@ class EtaConfig:
     # and a pair model on the close calls. LaDe dev unordered (seeds 7 / 8) 31.44 / 32.08 ->
     # 28.11 / 28.35 min; LaDe test 30.84 -> 27.61. Off by default because of what it costs
     # on a busy city: the 1M-row speed benchmark took 390.6 s with it against 283.5 s without
-    # in the same hour (target 300 s). configs/eta_lade.yaml switches it on; off, its columns
+    # (target 300 s; its own fit and transforms ~60 s, and the unordered P50 trains 262 rounds
+    # instead of 145). configs/eta_lade.yaml switches it on; off, its columns
     # stay empty (NaN) and the trees drop them.
     pair_order: bool = False
     seed: int = 7
