@@ -62,12 +62,17 @@ def query_pairs(
     return idx[i], idx[j]
 
 
+def _unit_keys(names: npt.NDArray[np.object_], times: FloatArray, seed: int) -> FloatArray:
+    """A uniform number in [0, 1) per (name, time), from a seeded hash of both."""
+    text = pd.Series(names.astype(str)) + "|" + pd.Series(times).astype(str)
+    h = pd.util.hash_pandas_object(text, index=False, hash_key=f"{seed:016d}"[:16]).to_numpy()
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 def target_keys(b: QueryBatch, seed: int) -> FloatArray:
     """A uniform number per target from its stop id and query time: the training sample of
     a day never depends on other days' rows (so rows after t cannot move features at t)."""
-    text = pd.Series(b.t_stop_id.astype(str)) + "|" + pd.Series(b.q_time[b.t_query]).astype(str)
-    h = pd.util.hash_pandas_object(text, index=False, hash_key=f"{seed:016d}"[:16]).to_numpy()
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return _unit_keys(b.t_stop_id, b.q_time[b.t_query], seed)
 
 
 class PairColumns(NamedTuple):
@@ -221,12 +226,8 @@ class PairOrder(BaseEstimator):  # type: ignore[misc]
         smallest key (a day's sample never depends on other days' queries). Both models draw
         far fewer rows than a busy city's history holds; this bounds the columns built for
         them."""
-        key = pd.util.hash_pandas_object(
-            pd.Series(b.q_courier.astype(str)) + "|" + pd.Series(b.q_time).astype(str),
-            index=False,
-            hash_key=f"{self.seed:016d}"[:16],
-        ).to_numpy()
-        rank = segment_rank(b.q_route_day.astype(np.int64), key.astype(np.float64))
+        key = _unit_keys(b.q_courier, b.q_time, self.seed)
+        rank = segment_rank(b.q_route_day.astype(np.int64), key)
         return rank < self.max_day_queries
 
     def fit(
