@@ -146,9 +146,11 @@ def _fit_quantile(
     rounds: int,
     cats: list[str],
     client: Any,
+    n_rows: int,
     eval_set: list[tuple[dd.DataFrame, dd.Series]] | None = None,
 ) -> lgb.DaskLGBMRegressor:
-    params = quantile_params(config, alpha)
+    # ``n_rows`` over all workers: each bags its share at the fraction that caps the total
+    params = quantile_params(config, alpha, n_rows)
     params.pop("num_threads")
     params.pop("verbosity")
     model = lgb.DaskLGBMRegressor(
@@ -185,10 +187,11 @@ def train_eta_dask(
         fit = window_features(ddf, featurizer, m, -(2**31), split.valid_from, config.target)
         valid = window_features(ddf, featurizer, m, split.valid_from, split.fit_end, config.target)
         fit, valid = nonempty(fit, client), nonempty(valid, client)
+        n_fit, n_valid = int(fit.shape[0].compute()), int(valid.shape[0].compute())
         mode_config = config.for_mode(m)
         median = _fit_quantile(
             fit[names], fit[LABEL], 0.5, mode_config, config.booster.n_estimators, cats, client,
-            eval_set=[(valid[names], valid[LABEL])],
+            n_fit, eval_set=[(valid[names], valid[LABEL])],
         )  # fmt: skip
         curve = next(iter(median.evals_result_.values()))["quantile"]
         best[mode] = max(int(np.argmin(curve)) + 1, MIN_ROUNDS)
@@ -201,7 +204,7 @@ def train_eta_dask(
             q: _fit_quantile(
                 data[names], data[LABEL], q, mode_config,
                 quantile_rounds(q, best[mode], config),
-                cats, client,
+                cats, client, n_fit + n_valid if config.refit_full else n_fit,
             ).booster_
             if (config.refit_full and not later) or q != 0.5
             else truncated(median.booster_, best[mode])
@@ -226,13 +229,14 @@ def train_eta_dask(
                 q: _fit_quantile(
                     data[names], data[LABEL], q, mode_config,
                     quantile_rounds(q, best[mode], config), cats, client,
+                    n_fit + n_valid + cal[1].n_targets,
                 ).booster_
                 for q in refit
             }  # fmt: skip
             del data, cal_rows
         modes[mode] = model
-        rows[f"{mode}.fit"] = int(fit.shape[0].compute())
-        rows[f"{mode}.valid"] = int(valid.shape[0].compute())
+        rows[f"{mode}.fit"] = n_fit
+        rows[f"{mode}.valid"] = n_valid
         rows[f"{mode}.calibration"] = cal[1].n_targets
         del fit, valid  # the workers free this mode's rows before the next mode's are built
     window = featurizer.window_
