@@ -553,20 +553,26 @@ def nn_tour(
     if len(q_lat) <= _FEW_QUERIES:
         return _nn_tour_few(group, q_lat, q_lng, lat, lng, seq)
     cur_lat, cur_lng = q_lat.astype(np.float64).copy(), q_lng.astype(np.float64).copy()
-    counts = np.bincount(group, minlength=len(q_lat))
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    nonempty = counts > 0
-    for step in range(int(counts.max())):
-        open_ = seq < 0
-        dist = np.nan_to_num(haversine_km(cur_lat[group], cur_lng[group], lat, lng), nan=0.0)
-        dist[~open_] = np.inf
-        seg_min = np.full(len(q_lat), np.inf)
-        seg_min[nonempty] = np.minimum.reduceat(dist, starts[nonempty])
-        cand = np.flatnonzero(open_ & (dist == seg_min[group]))
-        first = cand[np.r_[True, group[cand][1:] != group[cand][:-1]]]
-        seq[first] = step
-        cur_lat[group[first]] = lat[first]
-        cur_lng[group[first]] = lng[first]
+    # Each step picks one stop per query and drops it, so a step touches only the stops still
+    # open: the work is the sum of the queries' squared sizes over two, not targets x longest
+    # route. The rows stay in order, so ties still go to the lowest index.
+    idx = np.arange(n_targets)
+    g, la, lo = group, lat, lng
+    for step in range(n_targets):
+        if not len(idx):
+            break
+        dist = np.nan_to_num(haversine_km(cur_lat[g], cur_lng[g], la, lo), nan=0.0)
+        new = np.empty(len(g), dtype=bool)
+        new[0], new[1:] = True, g[1:] != g[:-1]
+        seg_min = np.minimum.reduceat(dist, np.flatnonzero(new))
+        cand = np.flatnonzero(dist == seg_min[np.cumsum(new) - 1])
+        first = cand[np.r_[True, g[cand][1:] != g[cand][:-1]]]
+        seq[idx[first]] = step
+        cur_lat[g[first]] = la[first]
+        cur_lng[g[first]] = lo[first]
+        keep = np.ones(len(idx), dtype=bool)
+        keep[first] = False
+        idx, g, la, lo = idx[keep], g[keep], la[keep], lo[keep]
     return seq
 
 
