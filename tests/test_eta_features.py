@@ -124,6 +124,16 @@ def test_leakage_rows_after_t_do_not_change_features_at_t(deliveries: pd.DataFra
         np.testing.assert_array_equal(a, b)
 
 
+def test_both_modes_at_once_equal_each_mode_alone(deliveries: pd.DataFrame) -> None:
+    featurizer = _featurizer().fit(deliveries)
+    batch = queries_from_deliveries(deliveries)
+    both = featurizer.transform_modes(batch, ("ordered", "unordered"))
+    assert set(both) == {"ordered", "unordered"}
+    for mode, matrix in both.items():
+        assert np.isfinite(matrix).any(axis=0).sum() > 10  # real columns, not all NaN
+        np.testing.assert_array_equal(matrix, featurizer.transform(batch, mode))
+
+
 def test_service_requests_give_the_training_features(deliveries: pd.DataFrame) -> None:
     featurizer = _featurizer().fit(deliveries)
     history = queries_from_deliveries(deliveries)

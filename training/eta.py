@@ -433,12 +433,14 @@ def train_eta(
     modes: dict[str, ModeModel] = {}
     best: dict[str, int] = {}
     calibration: dict[str, list[float]] = {}
+    batches = (fit_b, valid_b, cal_b)
+    wanted: tuple[Mode, ...] = tuple(config.modes)  # type: ignore[arg-type]
+    # every mode's matrices at once: the columns the modes share are built once per window
+    matrices = [featurizer.transform_modes(b, wanted) for b in batches]
+    targets = [_target(b.t_label_min, config.target) for b in batches]
     for mode in config.modes:
         m: Mode = mode  # type: ignore[assignment]
-        windows = [
-            (featurizer.transform(b, m), _target(b.t_label_min, config.target))
-            for b in (fit_b, valid_b, cal_b)
-        ]
+        windows = [(mats.pop(m), y) for mats, y in zip(matrices, targets, strict=True)]
         X_cal = windows[2][0]
         mode_config = config.for_mode(m)
         data = bin_windows(windows, m, mode_config)
