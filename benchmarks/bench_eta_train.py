@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--pair-order",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="the unordered mode's learned visit order (off by default, as in EtaConfig)",
+        default=True,
+        help="the unordered mode's learned visit order (on by default, as in EtaConfig)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eta_train.json"))
     args = parser.parse_args(argv)

@@ -222,7 +222,7 @@ def test_training_with_the_learned_visit_order_fills_its_columns_and_survives_pi
     from features.eta_features import feature_names
 
     deliveries = make_deliveries(days=36, couriers=3, stops=6, seed=5)
-    assert EtaConfig().pair_order is False  # costly on busy cities: on for LaDe's config
+    assert EtaConfig().pair_order is True
     config = dataclasses.replace(TINY, pair_order=True, modes=("unordered",))
     result = run_eta_benchmark(deliveries, "2021-07-01", config)
     featurizer = result.train.bundle.featurizer

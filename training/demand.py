@@ -49,7 +49,7 @@ from features.demand_features import (
     make_queries,
     spec_for,
 )
-from training.eta import BoosterParams
+from training.eta import BoosterParams, bag_fraction
 
 FloatArray = npt.NDArray[np.float64]
 HEADS: tuple[str, ...] = ("auto", "quantile", "count")
@@ -191,7 +191,8 @@ def _lgb_params(
         "num_leaves": p.num_leaves,
         "min_child_samples": p.min_child_samples,
         "feature_fraction": p.feature_fraction,
-        "bagging_fraction": p.bagging_fraction,
+        # the fit window holds at most max_train_rows (200k by default, under max_bag_rows)
+        "bagging_fraction": bag_fraction(p, config.max_train_rows),
         "bagging_freq": 1,
         "lambda_l2": p.lambda_l2,
         "max_bin": p.max_bin,

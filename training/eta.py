@@ -114,12 +114,12 @@ class EtaConfig:
     window_wait_min: float = 20.0
     # The unordered mode's learned visit order (``features.pair_order``, ``eta_v6``): a ranker
     # and a pair model on the close calls. LaDe dev unordered (seeds 7 / 8) 31.44 / 32.08 ->
-    # 28.11 / 28.35 min; LaDe test 30.84 -> 27.61. Off by default because of what it costs
-    # on a busy city: the 1M-row speed benchmark took 390.6 s with it against 283.5 s without
-    # (target 300 s; its own fit and transforms ~60 s, and the unordered P50 trains 262 rounds
-    # instead of 145). configs/eta_lade.yaml switches it on; off, its columns
-    # stay empty (NaN) and the trees drop them.
-    pair_order: bool = False
+    # 28.11 / 28.35 min; LaDe test 30.84 -> 27.61. On by default since the training got
+    # cheaper (bagging capped at ``max_bag_rows``, one pass over both modes' shared columns,
+    # a faster nearest-neighbour tour, 60 pair rounds): the 1M-row speed benchmark took 263 s
+    # with it, against 390.6 s before those changes (target 300 s). Off, its columns stay
+    # empty (NaN) and the trees drop them: for a routing engine that only sends ordered plans.
+    pair_order: bool = True
     seed: int = 7
     num_threads: int = 2
     modes: tuple[str, ...] = MODES
