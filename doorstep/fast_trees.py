@@ -197,7 +197,17 @@ def boosters_of(bundle: Any) -> dict[str, lgb.Booster]:
             out[f"eta.{mode}.p{round(q * 100):02d}"] = b
     if getattr(bundle, "leg", None) is not None:
         out["leg"] = bundle.leg.booster
+    order = _pair_order(bundle)
+    if order is not None:
+        for name, b in order.serving_boosters().items():
+            out[f"pair_order.{name}"] = b
     return out
+
+
+def _pair_order(bundle: Any) -> Any:
+    """The fitted learned visit order of an ETA bundle's featurizer, if it has one."""
+    featurizer = getattr(bundle, "featurizer", None)
+    return getattr(featurizer, "__dict__", {}).get("pair_order_")
 
 
 def accelerate(
@@ -237,4 +247,12 @@ def accelerate(
     leg = getattr(bundle, "leg", None)
     if leg is not None:
         leg.fast = one("leg", leg.booster)
+    order = _pair_order(bundle)
+    if order is not None:  # the unordered mode's visit order runs two boosters per request
+        order_fast = {}
+        for name, b in order.serving_boosters().items():
+            c = one(f"pair_order.{name}", b)
+            if c is not None:
+                order_fast[name] = c
+        order.fast_ = order_fast
     return report

@@ -275,6 +275,28 @@ class PairOrder(BaseEstimator):  # type: ignore[misc]
             self.models_.append(lgb.train(self._params("binary"), data, self.rounds))
         return self
 
+    def serving_boosters(self) -> dict[str, lgb.Booster]:
+        """The models that rank every day after the training window (the last cut's): the
+        ones a service runs, and compiles (``doorstep.fast_trees``)."""
+        check_is_fitted(self, "cuts_")
+        if not self.models_:
+            return {}
+        return {"ranker": self.rankers_[-1], "pair": self.models_[-1]}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        state.pop("fast_", None)  # compiled copies belong to one machine: never pickled
+        return state
+
+    def _predict(self, kind: str, k: int, X: npt.NDArray[np.float32], threads: int) -> FloatArray:
+        """Model ``k``'s ranker or pair predictions; the compiled copy (``fast_``, attached
+        by serving) for the last cut's models when there is one."""
+        fast = self.__dict__.get("fast_")
+        if fast and kind in fast and k == len(self.models_) - 1:
+            return np.asarray(fast[kind].predict(X))
+        booster = self.rankers_[k] if kind == "ranker" else self.models_[k]
+        return np.asarray(booster.predict(X, num_threads=threads))
+
     def ahead(
         self, b: QueryBatch, X: npt.NDArray[np.float32], precedence: PairPrecedence
     ) -> FloatArray:
@@ -294,12 +316,12 @@ class PairOrder(BaseEstimator):  # type: ignore[misc]
             rows = np.flatnonzero(target_model == k)
             group = b.t_query[rows]
             threads = self.num_threads if len(rows) > _BULK else 1  # a request: one thread
-            score = self.rankers_[k].predict(context[rows], num_threads=threads)
+            score = self._predict("ranker", int(k), context[rows], threads)
             ahead = segment_rank(group, score).astype(np.float64)
             i, j = window_pairs(group, score, self.window)  # i ranked ahead of j
             if len(i):
                 F = pair_matrix(b, X, rows[i], rows[j], precedence, self.columns_.keep)
-                p_i_first = self.models_[k].predict(F, num_threads=threads)
+                p_i_first = self._predict("pair", int(k), F, threads)
                 ahead += np.bincount(j, p_i_first - 1.0, len(rows))
                 ahead += np.bincount(i, 1.0 - p_i_first, len(rows))
             out[rows] = ahead

@@ -63,8 +63,13 @@ def test_accelerated_eta_bundle_predicts_the_same_and_pickles_without_binaries(
     when = deliveries["dispatch_time"].iloc[-1]
     matrix = bundle.leg.predict_matrix(lat, lng, lat, lng, when)
 
+    order = bundle.featurizer.pair_order_  # the learned visit order is on by default
+    assert set(order.serving_boosters()) == {"ranker", "pair"}
+    assert (batch.q_route_day >= order.cuts_[-1]).any()  # days the last (compiled) models rank
     report = ft.accelerate(bundle, tmp_path, compile_missing=True)
-    assert report.complete and report.compiled == len(ft.boosters_of(bundle)) == 7
+    # 3 quantile boosters per mode, the leg model, the visit order's ranker and pair model
+    assert report.complete and report.compiled == len(ft.boosters_of(bundle)) == 9
+    assert set(order.fast_) == {"ranker", "pair"}
     for mode, pred in before.items():
         after = bundle.predict(batch, mode)
         np.testing.assert_allclose(after.p50, pred.p50, atol=1e-6)
@@ -76,6 +81,8 @@ def test_accelerated_eta_bundle_predicts_the_same_and_pickles_without_binaries(
     copy = pickle.loads(pickle.dumps(bundle))
     assert all(not m.__dict__.get("fast") for m in copy.modes.values())
     assert copy.leg.__dict__.get("fast") is None
+    assert "fast_" not in copy.featurizer.pair_order_.__dict__
+    np.testing.assert_allclose(copy.predict(batch, "unordered").p50, before["unordered"].p50)
     np.testing.assert_allclose(copy.predict(batch, "ordered").p50, before["ordered"].p50)
 
 
