@@ -116,7 +116,7 @@ class EtaConfig:
     # and a pair model on the close calls. LaDe dev unordered (seeds 7 / 8) 31.44 / 32.08 ->
     # 28.11 / 28.35 min; LaDe test 30.84 -> 27.61. On by default since the training got
     # cheaper (bagging capped at ``max_bag_rows``, one pass over both modes' shared columns,
-    # a faster nearest-neighbour tour, 60 pair rounds): the 1M-row speed benchmark took 263 s
+    # a faster nearest-neighbour tour, 60 pair rounds): the 1M-row speed benchmark took 235.9 s
     # with it, against 390.6 s before those changes (target 300 s). Off, its columns stay
     # empty (NaN) and the trees drop them: for a routing engine that only sends ordered plans.
     pair_order: bool = True
@@ -293,7 +293,6 @@ def bin_windows(
 
 def fit_mode(
     data: ModeData,
-    mode: Mode,
     config: EtaConfig,
     callbacks: list[Any] | None = None,
 ) -> tuple[ModeModel, int]:
@@ -445,7 +444,7 @@ def train_eta(
         mode_config = config.for_mode(m)
         data = bin_windows(windows, m, mode_config)
         del windows  # the Datasets hold the binned rows; only the calibration features stay
-        model, best[mode] = fit_mode(data, m, mode_config)
+        model, best[mode] = fit_mode(data, mode_config)
         bundle = EtaBundle(featurizer, {mode: model}, num_threads=config.num_threads)
         raw = shape(bundle.raw_from_features(X_cal, m), cal_b, m)
         model.conformal = conformal_offsets(
