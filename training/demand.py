@@ -49,7 +49,7 @@ from features.demand_features import (
     make_queries,
     spec_for,
 )
-from training.eta import BoosterParams, bag_fraction
+from training.eta import BoosterParams
 
 FloatArray = npt.NDArray[np.float64]
 HEADS: tuple[str, ...] = ("auto", "quantile", "count")
@@ -191,8 +191,9 @@ def _lgb_params(
         "num_leaves": p.num_leaves,
         "min_child_samples": p.min_child_samples,
         "feature_fraction": p.feature_fraction,
-        # the fit window holds at most max_train_rows (200k by default, under max_bag_rows)
-        "bagging_fraction": bag_fraction(p, config.max_train_rows),
+        # no max_bag_rows cap here: demand's fit windows hold at most max_train_rows (200k by
+        # default), and a cap from that bound would starve small tables (a bound, not a size)
+        "bagging_fraction": p.bagging_fraction,
         "bagging_freq": 1,
         "lambda_l2": p.lambda_l2,
         "max_bin": p.max_bin,
