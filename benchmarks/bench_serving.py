@@ -82,27 +82,23 @@ def in_process(n: int) -> dict[str, Any]:
     engine = EtaEngine(models.eta, models.eta_info)
     body = (EXAMPLES / "eta.json").read_bytes()
 
-    def one() -> bytes:  # what the /v1/eta endpoint does, minus HTTP
-        return engine.predict_json([EtaRequest.model_validate_json(body)])
+    def timed(request: bytes) -> tuple[list[float], float]:
+        """Milliseconds of what the /v1/eta endpoint does, minus HTTP, after a warm-up, and
+        the CPU milliseconds per request (less distorted than wall time on a busy machine)."""
+        for _ in range(30):
+            engine.predict_json([EtaRequest.model_validate_json(request)])
+        out = []
+        cpu0 = time.process_time()
+        for _ in range(n):
+            t = time.perf_counter()
+            engine.predict_json([EtaRequest.model_validate_json(request)])
+            out.append((time.perf_counter() - t) * 1000)
+        return out, (time.process_time() - cpu0) / n * 1000
 
-    for _ in range(30):
-        one()
-    lat = []
-    cpu0 = time.process_time()  # CPU time: less distorted than wall time on a busy machine
-    for _ in range(n):
-        t = time.perf_counter()
-        one()
-        lat.append((time.perf_counter() - t) * 1000)
-    cpu_ms = (time.process_time() - cpu0) / n * 1000
+    lat, cpu_ms = timed(body)
     # the unordered example runs the learned visit order too (its ranker and pair model)
     ubody = (EXAMPLES / "eta_unordered.json").read_bytes()
-    for _ in range(30):
-        engine.predict_json([EtaRequest.model_validate_json(ubody)])
-    ulat = []
-    for _ in range(n):
-        t = time.perf_counter()
-        engine.predict_json([EtaRequest.model_validate_json(ubody)])
-        ulat.append((time.perf_counter() - t) * 1000)
+    ulat, _ = timed(ubody)
     mbody = json.dumps(_matrix_body()).encode()
     mlat = []
     for _ in range(20):
