@@ -42,6 +42,8 @@ CATEGORICAL: tuple[str, ...] = ("zone",)
 PERIODS_PER_DAY = {"h": 24, "d": 1}
 ZERO_RUN_CAP_DAYS = 56  # capped, so a long-closed zone's run cannot act as a calendar
 AFTER_HOLIDAY_CAP = 8  # days; beyond a week after a break the rebound is over
+N_DAY_CLASSES = 4  # working day, weekend day off, holiday break, working day after a break
+REBOUND_DAYS = 2  # calendar days after a break whose working days are a class of their own
 PROFILE_PRIOR = 24.0  # pseudo-parcels pulling a small zone's profile towards the city's
 _SUBSTITUTED = re.compile(r"substituted from (\d\d)/(\d\d)/(\d{4})")
 
@@ -75,9 +77,15 @@ class DemandFeatureSpec:
     zero_run: bool = True
     skip_holidays_in_levels: bool = True
     covariates: tuple[str, ...] = ()
+    # Hourly only: the zone's level on the target's class of day (working day, weekend day
+    # off, holiday break) relative to its usual days, and its hour shape on days off vs
+    # working days; see ``DemandFeaturizer.fit``.
+    day_classes: bool = False
 
     def __post_init__(self) -> None:
         check_freq(self.freq)
+        if self.day_classes and self.freq != "h":
+            raise ValueError("day_classes: needs hourly data (freq='h')")
         unknown = [c for c in self.calendar if c not in CALENDAR_ITEMS]
         if unknown:
             raise ValueError(f"calendar: unknown item(s) {unknown}; known: {list(CALENDAR_ITEMS)}")
@@ -119,8 +127,10 @@ class DemandFeatureSpec:
 
     @classmethod
     def hourly(cls, holidays_country: str | None = None, **kw: object) -> DemandFeatureSpec:
-        """Defaults for hourly data: daily and weekly seasonality, today's volume so far."""
-        return cls(**{"holidays_country": holidays_country, **kw})  # type: ignore[arg-type]
+        """Defaults for hourly data: daily and weekly seasonality, today's volume so far, the
+        zone's level and hour shape by class of day (``day_classes``)."""
+        base: dict[str, object] = {"holidays_country": holidays_country, "day_classes": True}
+        return cls(**{**base, **kw})  # type: ignore[arg-type]
 
     @property
     def season(self) -> int:
@@ -137,6 +147,8 @@ class DemandFeatureSpec:
         names += list(self.calendar)
         names += ["zone", "zone_mean", "zone_profile"] if self.zone else []
         names += ["zero_run"] if self.zero_run else []
+        if self.day_classes:
+            names += ["class_ratio", "daytype_profile", "class_level"]
         names += [f"total_ratio_{a}_{b}" for a, b in self.total_ratios]
         if self.observed_today:
             names += ["today_so_far", "today_expected", "today_ratio", "total_today_ratio"]
@@ -385,10 +397,54 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         self.zone_mean_ = nanmean_rows(panel.values)
         self.city_profile_ = city * spec.season
         self.zone_profile_ = share * spec.season
+        if spec.day_classes:
+            self._fit_day_classes(panel, spec, v, pos)
         self.window_ = (str(panel.start), str(panel.ts_of([panel.n_periods - 1])[0]))
         self.feature_set_ = FEATURE_SET
         self.spec_ = spec
         return self
+
+    def _fit_day_classes(
+        self, panel: DemandPanel, spec: DemandFeatureSpec, v: FloatArray, pos: IntArray
+    ) -> None:
+        """Each zone's mean on each class of day relative to its usual days (``class_ratio_``,
+        Z x 4: working day, weekend day off, holiday break, working day after a break) and its hour shape on working days
+        and on days off (``daytype_profile_``, Z x 2 x 24), each shrunk towards the city's by
+        ``PROFILE_PRIOR`` pseudo-parcels. The seasonal means read the last weeks' same hours,
+        which on a holiday on a weekday are a working day's, and the level windows leave the
+        breaks out: a zone's own drop on its days off is what they cannot tell."""
+        cls = day_class(panel, np.arange(panel.n_periods), spec.holidays_country)
+        known = np.isfinite(panel.values)
+        sums = np.stack([v[:, cls == c].sum(axis=1) for c in range(N_DAY_CLASSES)], axis=1)
+        counts = np.stack([known[:, cls == c].sum(axis=1) for c in range(N_DAY_CLASSES)], axis=1)
+        usual = sums[:, :2].sum(axis=1) / np.maximum(counts[:, :2].sum(axis=1), 1)
+        # the city's ratios from its total per period, so that a fit on a partition of the
+        # zones plus the rest of the city (``training.dask_demand``) finds the same ones
+        total = city_total(panel.values)[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.array(
+                [
+                    np.nanmean(total[cls == c]) if (cls == c).any() else np.nan
+                    for c in range(N_DAY_CLASSES)
+                ]
+            )
+            city = means / np.nanmean(total[cls < 2])  # NaN: a class the window does not hold
+            self.city_class_ratio_ = city
+            self.class_ratio_ = (sums + PROFILE_PRIOR * city) / (
+                counts * usual[:, None] + PROFILE_PRIOR
+            )
+        profiles = []
+        for off in (False, True):
+            sel = ((cls == 1) | (cls == 2)) == off
+            by_pos = np.stack(
+                [v[:, sel & (pos == p)].sum(axis=1) for p in range(spec.season)], axis=1
+            )
+            share_city = by_pos.sum(axis=0) / max(by_pos.sum(), 1e-12)
+            share = (by_pos + PROFILE_PRIOR * share_city) / (
+                by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR
+            )
+            profiles.append(share * spec.season)
+        self.daytype_profile_ = np.stack(profiles, axis=1)
 
     def _position(self, panel: DemandPanel, idx: IntArray) -> IntArray:
         ts = panel.ts_of(idx)
@@ -459,6 +515,19 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             cols["zero_run"] = np.minimum(
                 panel.zero_runs[z, np.minimum(o, panel.n_periods)], cap
             ).astype(float)
+        if spec.day_classes:
+            cls = day_class(panel, t, spec.holidays_country)
+            c = np.maximum(codes, 0)
+            ratio = np.where(known, self.class_ratio_[c, cls], self.city_class_ratio_[cls])
+            shape = np.where(
+                known,
+                self.daytype_profile_[c, ((cls == 1) | (cls == 2)).astype(np.int64), pos],
+                profile,
+            )
+            cols["class_ratio"] = ratio
+            cols["daytype_profile"] = shape
+            w = max(spec.level_profiles, default=672)
+            cols["class_level"] = win.stat(z, o - w, o, "mean") * ratio * shape
         if spec.zone:
             cols["zone"] = np.where(known, codes, np.nan).astype(float)
             cols["zone_mean"] = np.where(known, self.zone_mean_[np.maximum(codes, 0)], np.nan)
@@ -492,6 +561,17 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             ok = t < mat.shape[1]
             cols[f"cov_{c}"] = np.where(ok, mat[z, np.minimum(t, mat.shape[1] - 1)], np.nan)
         return cols
+
+
+def day_class(panel: DemandPanel, idx: IntArray, country: str | None) -> IntArray:
+    """Per period index: 0 a working day, 1 a day off outside a holiday break (weekends), 2 a
+    day in a holiday break, 3 a working day just after one (``calendar_table``)."""
+    days = panel.ts_of(idx).normalize()
+    cal = calendar_table(days.unique(), country).reindex(days)
+    holiday = cal["holiday"].to_numpy() > 0
+    off = cal["day_off"].to_numpy() > 0
+    after = (cal["days_after_holiday"].to_numpy() <= REBOUND_DAYS) & ~off
+    return np.select([holiday, off, after], [2, 1, 3], 0).astype(np.int64)
 
 
 def ewm_levels(values: FloatArray, halflife: int) -> FloatArray:

@@ -80,7 +80,7 @@ def test_distributed_fit_equals_the_pandas_fit(client: Any, hourly: pd.DataFrame
     want = demand_windows(hourly, "h", HOURLY_TEST, spec, CONFIG).featurizer
     assert list(got.zones_) == list(want.zones_)
     assert got.window_ == want.window_
-    for key in ("zone_mean_", "zone_profile_", "city_profile_"):
+    for key in ("zone_mean_", "zone_profile_", "city_profile_", "class_ratio_", "daytype_profile_"):
         np.testing.assert_allclose(getattr(got, key), getattr(want, key), rtol=1e-12)
 
 

@@ -123,8 +123,9 @@ def test_default_hourly_names_are_pinned() -> None:
         "roll_mean_1", "roll_mean_3", "roll_mean_24", "roll_mean_168", "roll_mean_672",
         "roll_std_168", "seas_mean_24x1", "seas_mean_24x7", "seas_mean_168x1", "seas_mean_168x4",
         "level_profile_168", "level_profile_672", "hour", "weekday", "holiday", "day_off",
-        "days_after_holiday", "zone", "zone_mean", "zone_profile", "zero_run", "total_ratio_24_168",
-        "total_ratio_168_672", "today_so_far", "today_expected", "today_ratio", "total_today_ratio",
+        "days_after_holiday", "zone", "zone_mean", "zone_profile", "zero_run", "class_ratio",
+        "daytype_profile", "class_level", "total_ratio_24_168", "total_ratio_168_672",
+        "today_so_far", "today_expected", "today_ratio", "total_today_ratio",
     ]  # fmt: skip
 
 
@@ -278,6 +279,59 @@ def test_holiday_breaks_and_make_up_working_days() -> None:
     assert calendar_table(pd.date_range("2024-10-01", "2024-10-01"), None)["holiday"].tolist() == [
         0
     ]
+
+
+def test_day_classes_by_hand() -> None:
+    """Labour Day 2024 (May 1-5 off; Sunday Apr 28 and Saturday May 11 are working days):
+    volumes built from a level per class of day and an hour shape per day type, large enough
+    that the shrinkage towards the city is negligible."""
+    ts = pd.date_range("2024-04-01", "2024-05-20 23:00", freq="h")
+    cal = calendar_table(ts.normalize().unique(), "CN").reindex(ts.normalize())
+    cls = np.select(
+        [cal["holiday"] > 0, cal["day_off"] > 0, (cal["days_after_holiday"] <= 2) & (cal["day_off"] == 0)],
+        [2, 1, 3], 0,
+    )  # fmt: skip
+    level = np.array([100.0, 80.0, 50.0, 125.0])
+    work_shape = 1.0 + 0.5 * np.sin(np.arange(24) / 24 * 2 * np.pi)
+    off_shape = 1.0 - 0.5 * np.sin(np.arange(24) / 24 * 2 * np.pi)
+    shape = np.where(np.isin(cls, (1, 2)), off_shape[ts.hour], work_shape[ts.hour])
+    table = pd.DataFrame(
+        {
+            s.ZONE_ID: np.repeat(["a", "b"], len(ts)),
+            s.TS: np.tile(ts, 2),
+            s.VOLUME: np.concatenate([level[cls] * shape, 2.0 * level[cls] * shape]),
+        }
+    )
+    assert sorted(set(cls[ts.normalize() == pd.Timestamp("2024-05-06")])) == [3]
+    assert sorted(set(cls[ts.normalize() == pd.Timestamp("2024-05-11")])) == [0]  # made up
+    spec = DemandFeatureSpec.hourly("CN")
+    f = DemandFeaturizer(spec).fit(table)
+    usual = (level[cls] * shape)[cls < 2].mean()
+    assert f.class_ratio_[0] == pytest.approx(level / usual, rel=2e-3)
+    assert f.class_ratio_[1] == pytest.approx(level / usual, rel=2e-3)
+    assert f.daytype_profile_[0, 0] == pytest.approx(work_shape, rel=2e-3)
+    assert f.daytype_profile_[1, 1] == pytest.approx(off_shape, rel=2e-3)
+    # a forecast for the last day of the break from May 4, 00:00, and an unknown zone
+    late = pd.concat([table, table[table[s.ZONE_ID] == "a"].assign(**{s.ZONE_ID: "new"})])
+    panel = DemandPanel.from_table(late, "h")
+    f = DemandFeaturizer(spec).fit(table[pd.to_datetime(table[s.TS]) < "2024-05-04"])
+    q = make_queries(panel, [pd.Timestamp("2024-05-04")], 48)
+    X = f.transform(panel, q)
+    names = spec.feature_names()
+    col = {n: X[:, names.index(n)].astype(float) for n in names}
+    ratio, prof = f.class_ratio_[:, 2], f.daytype_profile_[:, 1]
+    a, new = q.zone == panel.zones.get_loc("a"), q.zone == panel.zones.get_loc("new")
+    assert col["class_ratio"][a] == pytest.approx(np.full(a.sum(), ratio[0]), rel=1e-6)
+    assert col["class_ratio"][new] == pytest.approx(
+        np.full(new.sum(), f.city_class_ratio_[2]), rel=1e-6
+    )
+    assert col["daytype_profile"][a] == pytest.approx(np.tile(prof[0], 2), rel=1e-5)
+    level_672 = col["roll_mean_672"][a]
+    assert col["class_level"][a] == pytest.approx(
+        level_672 * ratio[0] * np.tile(prof[0], 2), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="day_classes: needs hourly data"):
+        DemandFeatureSpec.daily(day_classes=True)
 
 
 def test_unknown_zone_gets_no_code_but_a_city_profile() -> None:

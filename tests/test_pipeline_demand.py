@@ -60,7 +60,7 @@ def test_config_keeps_each_frequencys_defaults(tmp_path: Path) -> None:
     )
     config = load_demand_config(path)
     assert config.hourly.calib_days == 9 and config.hourly.booster.num_leaves == 5
-    assert config.hourly.level_feature == "level_profile_672"  # the hourly default survives
+    assert config.hourly.level_feature == "class_level"  # the hourly default survives
     assert config.hourly.booster.min_child_samples == DemandTrainConfig().booster.min_child_samples
     assert config.daily.valid_days == 3 and config.daily.calib_days == 14
     assert config.daily.level_feature == "ewm_mean_5"

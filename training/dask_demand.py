@@ -35,7 +35,12 @@ from features.demand_features import DemandFeatureSpec, DemandFeaturizer, Demand
 
 REST = "\x00rest-of-city"  # the rest-of-city series' zone id (a zone id is never this)
 LABEL, ZONE, ORIGIN, TARGET = "_volume", "_zone_id", "_origin", "_target"
-PER_ZONE_STATE = ("zone_mean_", "zone_profile_")  # DemandFeaturizer state with a row per zone
+PER_ZONE_STATE = (
+    "zone_mean_",
+    "zone_profile_",
+    "class_ratio_",
+    "daytype_profile_",
+)  # DemandFeaturizer state with a row per zone
 
 
 def _table_meta() -> pd.DataFrame:
@@ -159,7 +164,7 @@ def combine_featurizers(parts: list[DemandFeaturizer], spec: DemandFeatureSpec) 
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray):
-        return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=1e-12))
+        return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True))
     return bool(a == b)
 
 
