@@ -408,9 +408,9 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         self, panel: DemandPanel, spec: DemandFeatureSpec, v: FloatArray, pos: IntArray
     ) -> None:
         """Each zone's mean on each class of day relative to its usual days (``class_ratio_``,
-        Z x 4: working day, weekend day off, holiday break, working day after a break) and its hour shape on working days
-        and on days off (``daytype_profile_``, Z x 2 x 24), each shrunk towards the city's by
-        ``PROFILE_PRIOR`` pseudo-parcels. The seasonal means read the last weeks' same hours,
+        Z x 4: working day, weekend day off, holiday break, working day after a break) and its
+        hour shape on working days and on days off (``daytype_profile_``, Z x 2 x 24), each
+        shrunk towards the city's by ``PROFILE_PRIOR`` pseudo-parcels. The seasonal means read the last weeks' same hours,
         which on a holiday on a weekday are a working day's, and the level windows leave the
         breaks out: a zone's own drop on its days off is what they cannot tell."""
         cls = day_class(panel, np.arange(panel.n_periods), spec.holidays_country)
@@ -421,14 +421,16 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         # the city's ratios from its total per period, so that a fit on a partition of the
         # zones plus the rest of the city (``training.dask_demand``) finds the same ones
         total = city_total(panel.values)[0]
+        means = np.array([nanmean_rows(total[None, cls == c])[0] for c in range(N_DAY_CLASSES)])
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.array(
-                [
-                    np.nanmean(total[cls == c]) if (cls == c).any() else np.nan
-                    for c in range(N_DAY_CLASSES)
-                ]
-            )
-            city = means / np.nanmean(total[cls < 2])  # NaN: a class the window does not hold
+            city = means / nanmean_rows(total[None, cls < 2])[0]
+        # A class the window does not hold (a first holiday, a table of a few weeks) takes its
+        # nearest one's ratio: a break is days off, the days after it are working days. A NaN
+        # ratio would floor the boosters' anchor and forecast a whole break at zero.
+        for c, like in ((0, None), (1, 0), (2, 1), (3, 0)):
+            if not np.isfinite(city[c]):
+                city[c] = 1.0 if like is None else city[like]
+        with np.errstate(invalid="ignore", divide="ignore"):
             self.city_class_ratio_ = city
             self.class_ratio_ = (sums + PROFILE_PRIOR * city) / (
                 counts * usual[:, None] + PROFILE_PRIOR
@@ -439,7 +441,10 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             by_pos = np.stack(
                 [v[:, sel & (pos == p)].sum(axis=1) for p in range(spec.season)], axis=1
             )
-            share_city = by_pos.sum(axis=0) / max(by_pos.sum(), 1e-12)
+            if by_pos.sum() > 0:
+                share_city = by_pos.sum(axis=0) / by_pos.sum()
+            else:  # no volume on this day type at all: the city's shape over every day
+                share_city = self.city_profile_ / spec.season
             share = (by_pos + PROFILE_PRIOR * share_city) / (
                 by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR
             )

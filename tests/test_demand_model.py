@@ -334,6 +334,28 @@ def test_day_classes_by_hand() -> None:
         DemandFeatureSpec.daily(day_classes=True)
 
 
+def test_a_first_holiday_takes_the_day_off_ratio() -> None:
+    """Fitted on weeks without a break (Qingming 2024 is Apr 4-6), a break and the days after
+    it read the weekend's and the working days' ratios: never NaN, which would floor the
+    boosters' anchor and forecast the break at zero."""
+    table = synthetic("h", zones=3, days=28, seed=5)  # from 2024-01-01
+    spec = DemandFeatureSpec.hourly("CN")
+    late = table.assign(**{s.TS: pd.to_datetime(table[s.TS]) + pd.Timedelta(days=70)})
+    f = DemandFeaturizer(spec).fit(late[pd.to_datetime(late[s.TS]) < "2024-04-04"])  # Mar 11 - Apr 3
+    assert np.isfinite(f.class_ratio_).all() and np.isfinite(f.city_class_ratio_).all()
+    assert f.city_class_ratio_[2] == f.city_class_ratio_[1]
+    assert f.city_class_ratio_[3] == f.city_class_ratio_[0]
+    panel = DemandPanel.from_table(late, "h")
+    q = make_queries(panel, [pd.Timestamp("2024-04-04")], 24)
+    X = f.transform(panel, q)
+    names = spec.feature_names()
+    assert np.isfinite(X[:, names.index("class_level")]).all()
+    assert X[:, names.index("class_level")].max() > 0
+    # and a window of working days alone (no weekend yet) still has a day-off hour shape
+    f = DemandFeaturizer(spec).fit(late[pd.to_datetime(late[s.TS]) < "2024-03-16"])
+    assert np.isfinite(f.daytype_profile_).all() and f.daytype_profile_[:, 1].sum() > 0
+
+
 def test_unknown_zone_gets_no_code_but_a_city_profile() -> None:
     table = daily_table({"a": [4.0] * 21})
     late = pd.concat([table, daily_table({"new": [2.0] * 3}, start="2024-01-19")])
