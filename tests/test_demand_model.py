@@ -341,7 +341,9 @@ def test_a_first_holiday_takes_the_day_off_ratio() -> None:
     table = synthetic("h", zones=3, days=28, seed=5)  # from 2024-01-01
     spec = DemandFeatureSpec.hourly("CN")
     late = table.assign(**{s.TS: pd.to_datetime(table[s.TS]) + pd.Timedelta(days=70)})
-    f = DemandFeaturizer(spec).fit(late[pd.to_datetime(late[s.TS]) < "2024-04-04"])  # Mar 11 - Apr 3
+    f = DemandFeaturizer(spec).fit(
+        late[pd.to_datetime(late[s.TS]) < "2024-04-04"]
+    )  # Mar 11 - Apr 3
     assert np.isfinite(f.class_ratio_).all() and np.isfinite(f.city_class_ratio_).all()
     assert f.city_class_ratio_[2] == f.city_class_ratio_[1]
     assert f.city_class_ratio_[3] == f.city_class_ratio_[0]
