@@ -78,8 +78,8 @@ class DemandFeatureSpec:
     skip_holidays_in_levels: bool = True
     covariates: tuple[str, ...] = ()
     # Hourly only: the zone's level on the target's class of day (working day, weekend day
-    # off, holiday break) relative to its usual days, and its hour shape on days off vs
-    # working days; see ``DemandFeaturizer.fit``.
+    # off, holiday break, a working day just after a break) relative to its usual days, and
+    # its hour shape on days off vs working days (``DemandFeaturizer._fit_day_classes``).
     day_classes: bool = False
 
     def __post_init__(self) -> None:
@@ -410,9 +410,11 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         """Each zone's mean on each class of day relative to its usual days (``class_ratio_``,
         Z x 4: working day, weekend day off, holiday break, working day after a break) and its
         hour shape on working days and on days off (``daytype_profile_``, Z x 2 x 24), each
-        shrunk towards the city's by ``PROFILE_PRIOR`` pseudo-parcels. The seasonal means read the last weeks' same hours,
-        which on a holiday on a weekday are a working day's, and the level windows leave the
-        breaks out: a zone's own drop on its days off is what they cannot tell."""
+        shrunk towards the city's by ``PROFILE_PRIOR`` pseudo-parcels. "Usual" days are the
+        working and weekend days (classes 0 and 1), what the level windows average. The
+        seasonal means read the last weeks' same hours, which on a holiday on a weekday are a
+        working day's, and the level windows leave the breaks out: a zone's own drop on its
+        days off, and its backlog after a break, are what they cannot tell."""
         cls = day_class(panel, np.arange(panel.n_periods), spec.holidays_country)
         known = np.isfinite(panel.values)
         sums = np.stack([v[:, cls == c].sum(axis=1) for c in range(N_DAY_CLASSES)], axis=1)
