@@ -46,6 +46,7 @@ from doorstep.compat import FeatureSetMismatch
 from features import schema as s
 from features.demand_features import (
     FEATURE_SET,
+    FEATURE_SETS,
     DemandFeaturizer,
     DemandPanel,
     DemandQueries,
@@ -390,9 +391,10 @@ class DemandBundle:
 
 def check_feature_set(bundle: DemandBundle) -> None:
     """Serving refuses a bundle whose feature set or feature names it does not know."""
-    if bundle.feature_set != FEATURE_SET:
+    if bundle.feature_set not in FEATURE_SETS:
         raise FeatureSetMismatch(
-            f"feature_set: model uses {bundle.feature_set!r}, this code computes {FEATURE_SET!r}"
+            f"feature_set: model uses {bundle.feature_set!r}, this code computes "
+            f"{sorted(FEATURE_SETS)}"
         )
     for freq, m in bundle.models.items():
         if m.boosters[MEAN].feature_name() != m.featurizer.spec_.feature_names():

@@ -1,4 +1,4 @@
-"""The demand feature set ``demand_v1``: a declared spec, a dense panel, point-in-time features.
+"""The demand feature set ``demand_v2``: a declared spec, a dense panel, point-in-time features.
 
 A forecast row is a (zone, origin, target period) triple. "Data up to the origin" means the
 periods that start before it, and every value a feature reads from the volume history has a
@@ -26,7 +26,10 @@ from sklearn.utils.validation import check_is_fitted
 from features import schema as s
 from features.demand import check_freq
 
-FEATURE_SET = "demand_v1"
+FEATURE_SET = "demand_v2"  # v2: the hourly day classes (``DemandFeatureSpec.day_classes``)
+# Feature sets this code computes: a bundle carries its own spec, and a v1 spec (no day
+# classes) builds exactly v1's columns, so v1 champions keep serving.
+FEATURE_SETS: frozenset[str] = frozenset({"demand_v1", FEATURE_SET})
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 CALENDAR_ITEMS: tuple[str, ...] = (

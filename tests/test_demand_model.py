@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from doorstep.compat import FeatureSetMismatch
 from doorstep.demand_bundle import (
     DemandPrediction,
     FreqModel,
@@ -546,6 +547,12 @@ def test_forecast_api_and_bottom_up_total() -> None:
     # what serving loads is what training built
     reloaded = pickle.loads(pickle.dumps(bundle))
     check_feature_set(reloaded)
+    reloaded.feature_set = "demand_v1"  # a v1 champion carries its own spec: still served
+    check_feature_set(reloaded)
+    reloaded.feature_set = "demand_v0"
+    with pytest.raises(FeatureSetMismatch, match="model uses 'demand_v0'"):
+        check_feature_set(reloaded)
+    reloaded.feature_set = bundle.feature_set
     pd.testing.assert_frame_equal(reloaded.forecast(table, "2024-03-10", 7), fc)
 
 
