@@ -391,11 +391,7 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         panel = DemandPanel.from_table(table, spec.freq)
         pos = self._position(panel, np.arange(panel.n_periods))
         v = np.nan_to_num(panel.values)
-        by_pos = np.stack([v[:, pos == p].sum(axis=1) for p in range(spec.season)], axis=1)
-        city = by_pos.sum(axis=0) / max(by_pos.sum(), 1e-12)
-        share = (by_pos + PROFILE_PRIOR * city) / (
-            by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR
-        )
+        city, share = shrunk_profiles(v, pos, spec.season, np.zeros(spec.season))
         self.zones_ = panel.zones
         self.zone_mean_ = nanmean_rows(panel.values)
         self.city_profile_ = city * spec.season
@@ -435,25 +431,17 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         for c, like in ((0, None), (1, 0), (2, 1), (3, 0)):
             if not np.isfinite(city[c]):
                 city[c] = 1.0 if like is None else city[like]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.city_class_ratio_ = city
-            self.class_ratio_ = (sums + PROFILE_PRIOR * city) / (
-                counts * usual[:, None] + PROFILE_PRIOR
-            )
-        profiles = []
-        for off in (False, True):
-            sel = ((cls == 1) | (cls == 2)) == off
-            by_pos = np.stack(
-                [v[:, sel & (pos == p)].sum(axis=1) for p in range(spec.season)], axis=1
-            )
-            if by_pos.sum() > 0:
-                share_city = by_pos.sum(axis=0) / by_pos.sum()
-            else:  # no volume on this day type at all: the city's shape over every day
-                share_city = self.city_profile_ / spec.season
-            share = (by_pos + PROFILE_PRIOR * share_city) / (
-                by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR
-            )
-            profiles.append(share * spec.season)
+        self.city_class_ratio_ = city
+        self.class_ratio_ = (sums + PROFILE_PRIOR * city) / (
+            counts * usual[:, None] + PROFILE_PRIOR
+        )
+        off = is_day_off(cls)
+        # a day type with no volume at all takes the city's shape over every day
+        every_day = self.city_profile_ / spec.season
+        profiles = [
+            shrunk_profiles(v[:, sel], pos[sel], spec.season, every_day)[1] * spec.season
+            for sel in (~off, off)
+        ]
         self.daytype_profile_ = np.stack(profiles, axis=1)
 
     def _position(self, panel: DemandPanel, idx: IntArray) -> IntArray:
@@ -511,9 +499,10 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         at = np.minimum(o, panel.n_periods)
         for hl in spec.ewm:
             cols[f"ewm_mean_{hl}"] = ewm_levels(usual, hl)[z, at]
-        if spec.calendar:
-            target_ts = panel.ts_of(t)
+        target_ts = panel.ts_of(t)
+        if spec.calendar or spec.day_classes:
             cal = calendar_table(target_ts, spec.holidays_country)
+        if spec.calendar:
             for c in spec.calendar:
                 cols[c] = (
                     np.asarray(target_ts.hour, dtype=float)
@@ -526,14 +515,11 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
                 panel.zero_runs[z, np.minimum(o, panel.n_periods)], cap
             ).astype(float)
         if spec.day_classes:
-            cls = day_class(panel, t, spec.holidays_country)
+            cls = day_class_of(cal)
             c = np.maximum(codes, 0)
             ratio = np.where(known, self.class_ratio_[c, cls], self.city_class_ratio_[cls])
-            shape = np.where(
-                known,
-                self.daytype_profile_[c, ((cls == 1) | (cls == 2)).astype(np.int64), pos],
-                profile,
-            )
+            off = is_day_off(cls).astype(np.int64)
+            shape = np.where(known, self.daytype_profile_[c, off, pos], profile)
             cols["class_ratio"] = ratio
             cols["daytype_profile"] = shape
             w = max(spec.level_profiles, default=672)
@@ -574,14 +560,35 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
 
 
 def day_class(panel: DemandPanel, idx: IntArray, country: str | None) -> IntArray:
-    """Per period index: 0 a working day, 1 a day off outside a holiday break (weekends), 2 a
-    day in a holiday break, 3 a working day just after one (``calendar_table``)."""
+    """``day_class_of`` the calendar of each period index."""
     days = panel.ts_of(idx).normalize()
-    cal = calendar_table(days.unique(), country).reindex(days)
+    return day_class_of(calendar_table(days.unique(), country).reindex(days))
+
+
+def day_class_of(cal: pd.DataFrame) -> IntArray:
+    """Per ``calendar_table`` row: 0 a working day, 1 a day off outside a holiday break
+    (weekends), 2 a day in a holiday break, 3 a working day just after one."""
     holiday = cal["holiday"].to_numpy() > 0
     off = cal["day_off"].to_numpy() > 0
     after = (cal["days_after_holiday"].to_numpy() <= REBOUND_DAYS) & ~off
     return np.select([holiday, off, after], [2, 1, 3], 0).astype(np.int64)
+
+
+def is_day_off(cls: IntArray) -> npt.NDArray[np.bool_]:
+    """Day classes with a day off's hour shape: weekends and holiday breaks."""
+    return (cls == 1) | (cls == 2)
+
+
+def shrunk_profiles(
+    v: FloatArray, pos: IntArray, season: int, empty_city: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """The city's share of its volume at each position (``empty_city`` when it has none) and
+    each zone's, shrunk towards the city's by ``PROFILE_PRIOR`` pseudo-parcels."""
+    by_pos = np.stack([v[:, pos == p].sum(axis=1) for p in range(season)], axis=1)
+    total = by_pos.sum()
+    city = by_pos.sum(axis=0) / total if total > 0 else empty_city
+    share = (by_pos + PROFILE_PRIOR * city) / (by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR)
+    return city, share
 
 
 def ewm_levels(values: FloatArray, halflife: int) -> FloatArray:
