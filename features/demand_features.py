@@ -1,4 +1,4 @@
-"""The demand feature set ``demand_v2``: a declared spec, a dense panel, point-in-time features.
+"""The demand feature set ``demand_v3``: a declared spec, a dense panel, point-in-time features.
 
 A forecast row is a (zone, origin, target period) triple. "Data up to the origin" means the
 periods that start before it, and every value a feature reads from the volume history has a
@@ -13,6 +13,7 @@ training window).
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -21,15 +22,19 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from features import schema as s
 from features.demand import check_freq
 
-FEATURE_SET = "demand_v2"  # v2: the hourly day classes (``DemandFeatureSpec.day_classes``)
-# Feature sets this code computes: a bundle carries its own spec, and a v1 spec (no day
-# classes) builds exactly v1's columns, so v1 champions keep serving.
-FEATURE_SETS: frozenset[str] = frozenset({"demand_v1", FEATURE_SET})
+# v2: the hourly day classes (``DemandFeatureSpec.day_classes``); v3: their hour shapes from a
+# low-rank fit over all zones (``DemandFeatureSpec.shape_rank``), same columns
+FEATURE_SET = "demand_v3"
+# Feature sets this code computes: a bundle carries its own spec and fitted state, and a v1
+# spec (no day classes) builds exactly v1's columns; the shape rank only acts when fitting, so
+# v1 and v2 champions keep serving as they did.
+FEATURE_SETS: frozenset[str] = frozenset({"demand_v1", "demand_v2", FEATURE_SET})
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 CALENDAR_ITEMS: tuple[str, ...] = (
@@ -48,6 +53,8 @@ AFTER_HOLIDAY_CAP = 8  # days; beyond a week after a break the rebound is over
 N_DAY_CLASSES = 4  # working day, weekend day off, holiday break, working day after a break
 REBOUND_DAYS = 2  # calendar days after a break whose working days are a class of their own
 PROFILE_PRIOR = 24.0  # pseudo-parcels pulling a small zone's profile towards the city's
+NMF_MAX_ITER = 2000
+SHAPE_RANK = 2  # hourly default; see DemandFeatureSpec.shape_rank and low_rank_shapes
 _SUBSTITUTED = re.compile(r"substituted from (\d\d)/(\d\d)/(\d{4})")
 
 
@@ -84,11 +91,20 @@ class DemandFeatureSpec:
     # off, holiday break, a working day just after a break) relative to its usual days, and
     # its hour shape on days off vs working days (``DemandFeaturizer._fit_day_classes``).
     day_classes: bool = False
+    # The day classes' hour shapes: 0 each zone's own shares shrunk towards the city's; k > 0
+    # a rank-k fit over all zones (``low_rank_shapes``): every zone's shape a mix of k shapes
+    # the whole city teaches (homes, offices, ...), so a zone's few parcels per hour give only
+    # its mix, not 48 noisy shares.
+    shape_rank: int = 0
 
     def __post_init__(self) -> None:
         check_freq(self.freq)
         if self.day_classes and self.freq != "h":
             raise ValueError("day_classes: needs hourly data (freq='h')")
+        if self.shape_rank < 0 or (self.shape_rank and not self.day_classes):
+            raise ValueError(
+                f"shape_rank: must be >= 0 and needs day_classes, got {self.shape_rank}"
+            )
         unknown = [c for c in self.calendar if c not in CALENDAR_ITEMS]
         if unknown:
             raise ValueError(f"calendar: unknown item(s) {unknown}; known: {list(CALENDAR_ITEMS)}")
@@ -131,8 +147,13 @@ class DemandFeatureSpec:
     @classmethod
     def hourly(cls, holidays_country: str | None = None, **kw: object) -> DemandFeatureSpec:
         """Defaults for hourly data: daily and weekly seasonality, today's volume so far, the
-        zone's level and hour shape by class of day (``day_classes``)."""
-        base: dict[str, object] = {"holidays_country": holidays_country, "day_classes": True}
+        zone's level and hour shape by class of day (``day_classes``), the shapes of rank
+        ``SHAPE_RANK``."""
+        base: dict[str, object] = {
+            "holidays_country": holidays_country,
+            "day_classes": True,
+            "shape_rank": SHAPE_RANK,
+        }
         return cls(**{**base, **kw})  # type: ignore[arg-type]
 
     @property
@@ -396,11 +417,11 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         self.zone_mean_ = nanmean_rows(panel.values)
         self.city_profile_ = city * spec.season
         self.zone_profile_ = share * spec.season
+        self.spec_ = spec
         if spec.day_classes:
             self._fit_day_classes(panel, spec, v, pos)
         self.window_ = (str(panel.start), str(panel.ts_of([panel.n_periods - 1])[0]))
         self.feature_set_ = FEATURE_SET
-        self.spec_ = spec
         return self
 
     def _fit_day_classes(
@@ -436,12 +457,24 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             counts * usual[:, None] + PROFILE_PRIOR
         )
         off = is_day_off(cls)
+        self.daytype_counts_ = np.stack(
+            [position_sums(v[:, sel], pos[sel], spec.season) for sel in (~off, off)], axis=1
+        )
+        self.set_daytype_profile()
+
+    def set_daytype_profile(self) -> None:
+        """``daytype_profile_`` (Z x 2 x season, each row summing to season) from the zones'
+        volume by day type and position (``daytype_counts_``). Apart from ``fit`` because a
+        low-rank shape reads every zone: a fit on zone partitions sets it once they are put
+        together."""
+        spec: DemandFeatureSpec = self.spec_
         # a day type with no volume at all takes the city's shape over every day
         every_day = self.city_profile_ / spec.season
-        profiles = [
-            shrunk_profiles(v[:, sel], pos[sel], spec.season, every_day)[1] * spec.season
-            for sel in (~off, off)
-        ]
+        counts = self.daytype_counts_
+        if spec.shape_rank > 0:
+            self.daytype_profile_ = low_rank_shapes(counts, spec.shape_rank, every_day)
+            return
+        profiles = [shrunk_shares(counts[:, k], every_day)[1] * spec.season for k in (0, 1)]
         self.daytype_profile_ = np.stack(profiles, axis=1)
 
     def _position(self, panel: DemandPanel, idx: IntArray) -> IntArray:
@@ -579,16 +612,72 @@ def is_day_off(cls: IntArray) -> npt.NDArray[np.bool_]:
     return (cls == 1) | (cls == 2)
 
 
+def position_sums(v: FloatArray, pos: IntArray, season: int) -> FloatArray:
+    """Each zone's volume at each position (hour of day or weekday): Z x season."""
+    return np.stack([v[:, pos == p].sum(axis=1) for p in range(season)], axis=1)
+
+
 def shrunk_profiles(
     v: FloatArray, pos: IntArray, season: int, empty_city: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
     """The city's share of its volume at each position (``empty_city`` when it has none) and
     each zone's, shrunk towards the city's by ``PROFILE_PRIOR`` pseudo-parcels."""
-    by_pos = np.stack([v[:, pos == p].sum(axis=1) for p in range(season)], axis=1)
+    return shrunk_shares(position_sums(v, pos, season), empty_city)
+
+
+def shrunk_shares(by_pos: FloatArray, empty_city: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``shrunk_profiles`` from the zones' volume by position (Z x season)."""
     total = by_pos.sum()
     city = by_pos.sum(axis=0) / total if total > 0 else empty_city
     share = (by_pos + PROFILE_PRIOR * city) / (by_pos.sum(axis=1, keepdims=True) + PROFILE_PRIOR)
     return city, share
+
+
+def low_rank_shapes(counts: FloatArray, rank: int, empty_city: FloatArray) -> FloatArray:
+    """Each zone's shape per day type (Z x T x P, each row summing to P) from a rank-``rank``
+    non-negative factorisation of its counts (Z x T*P) under the Poisson likelihood (KL
+    divergence): every zone is a non-negative mix of ``rank`` city-wide patterns, each
+    spanning all day types, so a zone's working-day counts also inform its day-off shape.
+
+    Why: a zone-hour holds a few parcels a day, and 48 shares per zone estimated from its own
+    counts are mostly noise (on the hourly dev cities the shrunk per-zone shares forecast
+    worse than one city shape for all zones); a zone of homes and one of offices differ by
+    their mix. A zone without volume, or a day type where a zone's fit is empty, takes the
+    city's share for that day type (``empty_city`` where the city has none)."""
+    from sklearn.decomposition import NMF  # only fitting needs it
+
+    z, t, p = counts.shape
+    flat = counts.reshape(z, t * p)
+    city = counts.sum(axis=0)
+    city_share = np.where(
+        city.sum(axis=1, keepdims=True) > 0,
+        city / np.maximum(city.sum(axis=1, keepdims=True), 1e-300),
+        empty_city[None, :],
+    )
+    out = np.broadcast_to(city_share * p, counts.shape).copy()
+    active = flat.sum(axis=1) > 0
+    if not active.any():
+        return out
+    if active.sum() <= rank:  # a rank-k fit of k zones is their own counts
+        fit = flat[active].reshape(-1, t, p)
+        sums = fit.sum(axis=2, keepdims=True)
+        out[active] = np.where(sums > 0, fit / np.maximum(sums, 1e-300) * p, out[active])
+        return out
+    k = min(rank, t * p)
+    # deterministic (nndsvda start, no random restarts), so every engine fits the same shapes
+    nmf = NMF(
+        k, beta_loss="kullback-leibler", solver="mu", init="nndsvda",
+        max_iter=NMF_MAX_ITER, tol=1e-6, random_state=0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        # a few hundred zones converge in well under NMF_MAX_ITER; an unconverged fit is
+        # still a valid (slightly rougher) mix, not a reason to stop training
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = nmf.fit_transform(flat[active]) @ nmf.components_
+    fit = fit.reshape(-1, t, p)
+    sums = fit.sum(axis=2, keepdims=True)
+    out[active] = np.where(sums > 0, fit / np.maximum(sums, 1e-300) * p, out[active])
+    return out
 
 
 def ewm_levels(values: FloatArray, halflife: int) -> FloatArray:

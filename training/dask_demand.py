@@ -39,6 +39,7 @@ PER_ZONE_STATE = (
     "zone_mean_",
     "zone_profile_",
     "class_ratio_",
+    "daytype_counts_",
     "daytype_profile_",
 )  # DemandFeaturizer state with a row per zone
 
@@ -159,6 +160,10 @@ def combine_featurizers(parts: list[DemandFeaturizer], spec: DemandFeatureSpec) 
                     "to PER_ZONE_STATE if it has a row per zone)"
                 )
         setattr(out, key, first)
+    if hasattr(out, "daytype_counts_"):
+        # each partition's low-rank shapes read its own zones (and the rest of the city as one
+        # zone): the shapes are those of every zone together, as on one machine
+        out.set_daytype_profile()
     return out
 
 
