@@ -91,10 +91,10 @@ class DemandFeatureSpec:
     # off, holiday break, a working day just after a break) relative to its usual days, and
     # its hour shape on days off vs working days (``DemandFeaturizer._fit_day_classes``).
     day_classes: bool = False
-    # The day classes' hour shapes: 0 each zone's own shares shrunk towards the city's; k > 0
-    # a rank-k fit over all zones (``low_rank_shapes``): every zone's shape a mix of k shapes
-    # the whole city teaches (homes, offices, ...), so a zone's few parcels per hour give only
-    # its mix, not 48 noisy shares.
+    # The hour shapes (the day classes' and the zone's every-day profile): 0 each zone's own
+    # shares shrunk towards the city's; k > 0 a rank-k fit over all zones (``low_rank_counts``):
+    # every zone's shape a mix of k shapes the whole city teaches (homes, offices, ...), so a
+    # zone's few parcels per hour give only its mix, not 48 noisy shares.
     shape_rank: int = 0
 
     def __post_init__(self) -> None:
@@ -460,22 +460,32 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
         self.daytype_counts_ = np.stack(
             [position_sums(v[:, sel], pos[sel], spec.season) for sel in (~off, off)], axis=1
         )
-        self.set_daytype_profile()
+        self.set_shapes()
 
-    def set_daytype_profile(self) -> None:
+    def set_shapes(self) -> None:
         """``daytype_profile_`` (Z x 2 x season, each row summing to season) from the zones'
-        volume by day type and position (``daytype_counts_``). Apart from ``fit`` because a
-        low-rank shape reads every zone: a fit on zone partitions sets it once they are put
-        together."""
+        volume by day type and position (``daytype_counts_``); with ``spec.shape_rank`` also
+        ``zone_profile_``, the hour shape over every day, from the same low-rank fit. Apart
+        from ``fit`` because a low-rank shape reads every zone: a fit on zone partitions sets
+        them once the partitions are put together."""
         spec: DemandFeatureSpec = self.spec_
         # a day type with no volume at all takes the city's shape over every day
         every_day = self.city_profile_ / spec.season
         counts = self.daytype_counts_
-        if spec.shape_rank > 0:
-            self.daytype_profile_ = low_rank_shapes(counts, spec.shape_rank, every_day)
+        if spec.shape_rank == 0:
+            profiles = [shrunk_shares(counts[:, k], every_day)[1] * spec.season for k in (0, 1)]
+            self.daytype_profile_ = np.stack(profiles, axis=1)
             return
-        profiles = [shrunk_shares(counts[:, k], every_day)[1] * spec.season for k in (0, 1)]
-        self.daytype_profile_ = np.stack(profiles, axis=1)
+        fit = low_rank_counts(counts, spec.shape_rank)
+        self.daytype_profile_ = low_rank_shapes(counts, fit, every_day)
+        # the every-day profile feeds the level_profile_* and zone_profile features: from
+        # the zone's own shrunk shares the boosters trusted an in-sample fit of the training
+        # rows' own noise (the profiles are fitted on the window those rows come from)
+        total = fit.sum(axis=1)
+        sums = total.sum(axis=1, keepdims=True)
+        self.zone_profile_ = np.where(
+            sums > 0, total / np.maximum(sums, 1e-300) * spec.season, self.zone_profile_
+        )
 
     def _position(self, panel: DemandPanel, idx: IntArray) -> IntArray:
         ts = panel.ts_of(idx)
@@ -633,51 +643,50 @@ def shrunk_shares(by_pos: FloatArray, empty_city: FloatArray) -> tuple[FloatArra
     return city, share
 
 
-def low_rank_shapes(counts: FloatArray, rank: int, empty_city: FloatArray) -> FloatArray:
-    """Each zone's shape per day type (Z x T x P, each row summing to P) from a rank-``rank``
-    non-negative factorisation of its counts (Z x T*P) under the Poisson likelihood (KL
-    divergence): every zone is a non-negative mix of ``rank`` city-wide patterns, each
-    spanning all day types, so a zone's working-day counts also inform its day-off shape.
+def low_rank_shapes(counts: FloatArray, fit: FloatArray, empty_city: FloatArray) -> FloatArray:
+    """Each zone's shape per day type (Z x T x P, each row summing to P) from its low-rank
+    fitted counts ``fit`` (``low_rank_counts`` of ``counts``). A zone without volume, or a
+    day type where a zone's fit is empty, takes the city's share for that day type
+    (``empty_city`` where the city has none)."""
+    p = counts.shape[2]
+    city = counts.sum(axis=0)
+    city_sum = city.sum(axis=1, keepdims=True)
+    city_share = np.where(city_sum > 0, city / np.maximum(city_sum, 1e-300), empty_city[None, :])
+    sums = fit.sum(axis=2, keepdims=True)
+    return np.where(sums > 0, fit / np.maximum(sums, 1e-300) * p, city_share[None] * p)
+
+
+def low_rank_counts(counts: FloatArray, rank: int) -> FloatArray:
+    """The zones' counts (Z x T x P: day types x positions) as fitted by a rank-``rank``
+    non-negative factorisation of the Z x T*P matrix under the Poisson likelihood (KL
+    divergence): every zone a non-negative mix of ``rank`` city-wide patterns, each spanning
+    all day types, so a zone's working-day counts also inform its day-off shape. Zones
+    without volume stay zero.
 
     Why: a zone-hour holds a few parcels a day, and 48 shares per zone estimated from its own
     counts are mostly noise (on the hourly dev cities the shrunk per-zone shares forecast
     worse than one city shape for all zones); a zone of homes and one of offices differ by
-    their mix. A zone without volume, or a day type where a zone's fit is empty, takes the
-    city's share for that day type (``empty_city`` where the city has none)."""
+    their mix."""
     from sklearn.decomposition import NMF  # only fitting needs it
 
     z, t, p = counts.shape
     flat = counts.reshape(z, t * p)
-    city = counts.sum(axis=0)
-    city_share = np.where(
-        city.sum(axis=1, keepdims=True) > 0,
-        city / np.maximum(city.sum(axis=1, keepdims=True), 1e-300),
-        empty_city[None, :],
-    )
-    out = np.broadcast_to(city_share * p, counts.shape).copy()
+    out = np.zeros_like(flat)
     active = flat.sum(axis=1) > 0
-    if not active.any():
-        return out
     if active.sum() <= rank:  # a rank-k fit of k zones is their own counts
-        fit = flat[active].reshape(-1, t, p)
-        sums = fit.sum(axis=2, keepdims=True)
-        out[active] = np.where(sums > 0, fit / np.maximum(sums, 1e-300) * p, out[active])
-        return out
-    k = min(rank, t * p)
+        out[active] = flat[active]
+        return out.reshape(z, t, p)
     # deterministic (nndsvda start, no random restarts), so every engine fits the same shapes
     nmf = NMF(
-        k, beta_loss="kullback-leibler", solver="mu", init="nndsvda",
+        min(rank, t * p), beta_loss="kullback-leibler", solver="mu", init="nndsvda",
         max_iter=NMF_MAX_ITER, tol=1e-6, random_state=0,
     )  # fmt: skip
     with warnings.catch_warnings():
         # a few hundred zones converge in well under NMF_MAX_ITER; an unconverged fit is
         # still a valid (slightly rougher) mix, not a reason to stop training
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = nmf.fit_transform(flat[active]) @ nmf.components_
-    fit = fit.reshape(-1, t, p)
-    sums = fit.sum(axis=2, keepdims=True)
-    out[active] = np.where(sums > 0, fit / np.maximum(sums, 1e-300) * p, out[active])
-    return out
+        out[active] = nmf.fit_transform(flat[active]) @ nmf.components_
+    return out.reshape(z, t, p)
 
 
 def ewm_levels(values: FloatArray, halflife: int) -> FloatArray:

@@ -10,6 +10,7 @@ from features import schema as s
 from features.demand_features import (
     DemandFeatureSpec,
     DemandFeaturizer,
+    low_rank_counts,
     low_rank_shapes,
     shrunk_shares,
 )
@@ -23,6 +24,10 @@ OFFICE = np.stack(
     [1.1 + np.cos((HOURS - 11) / 24 * 2 * np.pi), 1.1 + 0.3 * np.cos(HOURS / 24 * 2 * np.pi)]
 )
 HOME, OFFICE = (p / p.sum(axis=1, keepdims=True) for p in (HOME, OFFICE))
+
+
+def ranked(counts: np.ndarray, rank: int, empty_city: np.ndarray) -> np.ndarray:
+    return low_rank_shapes(counts, low_rank_counts(counts, rank), empty_city)
 
 
 def mixed_counts(zones: int, parcels: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,19 +45,19 @@ def test_a_mix_of_two_patterns_is_recovered_better_than_each_zones_own_shares() 
     from every zone."""
     counts, truth = mixed_counts(zones=200, parcels=150.0, seed=3)
     flat_city = np.full(24, 1.0 / 24)
-    ranked = low_rank_shapes(counts, 2, flat_city)
+    fitted = ranked(counts, 2, flat_city)
     own = np.stack([shrunk_shares(counts[:, k], flat_city)[1] * 24 for k in (0, 1)], axis=1)
-    assert ranked.shape == counts.shape
-    np.testing.assert_allclose(ranked.sum(axis=2), 24.0)
-    err_ranked = np.abs(np.log(ranked / truth)).mean()
+    assert fitted.shape == counts.shape
+    np.testing.assert_allclose(fitted.sum(axis=2), 24.0)
+    err_ranked = np.abs(np.log(fitted / truth)).mean()
     err_own = np.abs(np.log(own / truth)).mean()
     assert err_ranked < 0.3 * err_own  # measured: 0.067 against 0.306
     # the rank the data has fits best: one pattern cannot mix, three fit noise
     for rank in (1, 3):
-        assert np.abs(np.log(low_rank_shapes(counts, rank, flat_city) / truth)).mean() > err_ranked
+        assert np.abs(np.log(ranked(counts, rank, flat_city) / truth)).mean() > err_ranked
     # with plenty of parcels both agree with the truth
     big, truth = mixed_counts(zones=50, parcels=1e6, seed=4)
-    rel = np.abs(low_rank_shapes(big, 2, flat_city) / truth - 1)
+    rel = np.abs(ranked(big, 2, flat_city) / truth - 1)
     assert rel.mean() < 0.005 and rel.max() < 0.05  # measured 0.001 and 0.027
 
 
@@ -60,21 +65,19 @@ def test_empty_zones_and_day_types_take_the_city_shape() -> None:
     counts, _ = mixed_counts(zones=6, parcels=500.0, seed=5)
     counts[2] = 0.0  # a zone without any volume in the window
     city_work = counts[:, 0].sum(axis=0) / counts[:, 0].sum()
-    out = low_rank_shapes(counts, 2, np.full(24, 1.0 / 24))
+    out = ranked(counts, 2, np.full(24, 1.0 / 24))
     np.testing.assert_allclose(out[2, 0], city_work * 24)
     assert np.isfinite(out).all()
     # no day off in the window at all: the day-off shape is the fallback's
     no_off = counts.copy()
     no_off[:, 1] = 0.0
     every_day = np.linspace(1.0, 2.0, 24) / np.linspace(1.0, 2.0, 24).sum()
-    out = low_rank_shapes(no_off, 2, every_day)
+    out = ranked(no_off, 2, every_day)
     np.testing.assert_allclose(out[:, 1], np.tile(every_day * 24, (6, 1)), rtol=1e-9)
     # more patterns asked for than zones hold, and a window without any volume
-    one = low_rank_shapes(counts[:1], 4, every_day)
+    one = ranked(counts[:1], 4, every_day)
     np.testing.assert_allclose(one.sum(axis=2), 24.0)
-    np.testing.assert_allclose(
-        low_rank_shapes(np.zeros((3, 2, 24)), 2, every_day)[1, 0], every_day * 24
-    )
+    np.testing.assert_allclose(ranked(np.zeros((3, 2, 24)), 2, every_day)[1, 0], every_day * 24)
 
 
 def test_the_featurizer_uses_the_rank_of_its_spec() -> None:
@@ -90,14 +93,19 @@ def test_the_featurizer_uses_the_rank_of_its_spec() -> None:
             s.VOLUME: rng.poisson(rate).ravel().astype(float),
         }
     )
-    ranked = DemandFeaturizer(DemandFeatureSpec.hourly("CN")).fit(table)
+    low = DemandFeaturizer(DemandFeatureSpec.hourly("CN")).fit(table)
     own = DemandFeaturizer(DemandFeatureSpec.hourly("CN", shape_rank=0)).fit(table)
     assert DemandFeatureSpec.hourly().shape_rank == 2
-    np.testing.assert_allclose(ranked.daytype_counts_, own.daytype_counts_)
+    np.testing.assert_allclose(low.daytype_counts_, own.daytype_counts_)
+    fit = low_rank_counts(own.daytype_counts_, 2)
     np.testing.assert_allclose(
-        ranked.daytype_profile_, low_rank_shapes(own.daytype_counts_, 2, own.city_profile_ / 24)
+        low.daytype_profile_, low_rank_shapes(own.daytype_counts_, fit, own.city_profile_ / 24)
     )
-    assert not np.allclose(ranked.daytype_profile_, own.daytype_profile_)
+    assert not np.allclose(low.daytype_profile_, own.daytype_profile_)
+    # the every-day profile is the same fit's, summed over the day types
+    every = fit.sum(axis=1)
+    np.testing.assert_allclose(low.zone_profile_, every / every.sum(axis=1, keepdims=True) * 24)
+    assert not np.allclose(low.zone_profile_, own.zone_profile_)
     with pytest.raises(ValueError, match="shape_rank"):
         DemandFeatureSpec.hourly(shape_rank=-1)
     with pytest.raises(ValueError, match="shape_rank"):

@@ -110,7 +110,7 @@ def test_train_register_gate_load_back_and_roll_back(
     assert client.get_model_version_by_alias("doorstep-demand", "champion").version in ("2", 2)
 
     run = mlflow.get_run(second.run_id)
-    assert run.data.tags["feature_set"] == "demand_v2"
+    assert run.data.tags["feature_set"] == "demand_v3"
     assert run.data.tags["training_window"] == "2024-01-01 00:00:00/2024-01-30 00:00:00"
     metrics = run.data.metrics
     assert metrics["d.day_ahead.model.mae"] == pytest.approx(
@@ -127,7 +127,7 @@ def test_train_register_gate_load_back_and_roll_back(
         "plots/calibration.png",
     }
     version = client.get_model_version("doorstep-demand", "2")
-    assert version.tags["feature_set"] == "demand_v2"
+    assert version.tags["feature_set"] == "demand_v3"
 
     # serving's fast path and the pyfunc give the same forecast
     bundle = load_demand_bundle("models:/doorstep-demand@champion")

@@ -163,7 +163,7 @@ def combine_featurizers(parts: list[DemandFeaturizer], spec: DemandFeatureSpec) 
     if hasattr(out, "daytype_counts_"):
         # each partition's low-rank shapes read its own zones (and the rest of the city as one
         # zone): the shapes are those of every zone together, as on one machine
-        out.set_daytype_profile()
+        out.set_shapes()
     return out
 
 
