@@ -11,7 +11,13 @@ import pytest
 from doorstep.demand_bundle import DemandBundle, FreqModel
 from features import schema as s
 from features.demand_features import DemandPanel, spec_for
-from training.demand import DemandTrainConfig, calibrate, class_offsets, train_demand
+from training.demand import (
+    DemandTrainConfig,
+    calibrate,
+    class_offsets,
+    pooled_group_offsets,
+    train_demand,
+)
 from training.demand_backtest import Fold, actuals, protocol_queries, protocols, scored_zones
 from training.eta import BoosterParams
 
@@ -166,6 +172,27 @@ def test_class_offsets_fall_back_to_pooled_for_small_classes() -> None:
     offsets = class_offsets(score, cls, 2, 0.8)
     assert offsets[0] == pytest.approx(0.8, abs=0.01)
     assert offsets[1] == pytest.approx(np.quantile(score, 0.8), abs=0.01)  # 5 rows: pooled
+
+
+def test_pooled_group_offsets_make_each_group_nominal_over_its_classes() -> None:
+    """Group 0: a night bucket whose rows are covered by any window (-inf scores: the count is
+    the P50) beside a busy bucket; group 1: two ordinary buckets. Group 0's busy bucket
+    takes the level that makes the group's pooled coverage 0.8; group 1 keeps its own."""
+    rng = np.random.default_rng(0)
+    night = np.where(rng.random(2000) < 0.95, -np.inf, rng.normal(size=2000))
+    busy, a, b = rng.normal(size=(3, 2000))
+    score = np.concatenate([night, busy, a, b])
+    cls = np.repeat([0, 1, 2, 3], 2000)
+    own = class_offsets(score, cls, 4, 0.8)
+    pooled = pooled_group_offsets(score, cls, 4, 2, 0.8)
+    hit = score <= np.asarray(pooled)[cls]
+    assert hit[cls < 2].mean() == pytest.approx(0.8, abs=0.002)
+    assert hit[cls == 0].mean() > 0.94  # the night cannot narrow
+    assert hit[cls == 1].mean() == pytest.approx((0.8 * 2 - hit[cls == 0].mean()), abs=0.003)
+    assert pooled[1] < own[1]
+    assert pooled[2:] == own[2:]
+    own_hit = score <= np.asarray(own)[cls]
+    assert own_hit[cls < 2].mean() > 0.86  # what per-bucket calibration gives
 
 
 def test_calibrate_refits_offsets_in_place(trained: tuple[FreqModel, pd.DataFrame]) -> None:
