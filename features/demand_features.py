@@ -152,7 +152,8 @@ class DemandFeatureSpec:
         base: dict[str, object] = {
             "holidays_country": holidays_country,
             "day_classes": True,
-            "shape_rank": SHAPE_RANK,
+            # the low-rank shapes are the day classes' (without them: the shrunk shares)
+            "shape_rank": SHAPE_RANK if kw.get("day_classes", True) else 0,
         }
         return cls(**{**base, **kw})  # type: ignore[arg-type]
 

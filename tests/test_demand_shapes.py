@@ -106,6 +106,7 @@ def test_the_featurizer_uses_the_rank_of_its_spec() -> None:
     every = fit.sum(axis=1)
     np.testing.assert_allclose(low.zone_profile_, every / every.sum(axis=1, keepdims=True) * 24)
     assert not np.allclose(low.zone_profile_, own.zone_profile_)
+    assert DemandFeatureSpec.hourly(day_classes=False).shape_rank == 0
     with pytest.raises(ValueError, match="shape_rank"):
         DemandFeatureSpec.hourly(shape_rank=-1)
     with pytest.raises(ValueError, match="shape_rank"):
