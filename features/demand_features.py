@@ -430,8 +430,9 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
     ) -> None:
         """Each zone's mean on each class of day relative to its usual days (``class_ratio_``,
         Z x 4: working day, weekend day off, holiday break, working day after a break) and its
-        hour shape on working days and on days off (``daytype_profile_``, Z x 2 x 24), each
-        shrunk towards the city's by ``PROFILE_PRIOR`` pseudo-parcels. "Usual" days are the
+        hour shape on working days and on days off (``daytype_profile_``, Z x 2 x 24, see
+        ``set_shapes``), the ratios shrunk towards the city's by ``PROFILE_PRIOR``
+        pseudo-parcels. "Usual" days are the
         working and weekend days (classes 0 and 1), what the level windows average. The
         seasonal means read the last weeks' same hours, which on a holiday on a weekday are a
         working day's, and the level windows leave the breaks out: a zone's own drop on its

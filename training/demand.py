@@ -313,27 +313,24 @@ def pooled_group_offsets(
     that makes the whole day's coverage nominal."""
     cls = np.asarray(cls)
     out = class_offsets(score, cls, n_classes, coverage)
+
+    def covered(level: float, rows: npt.NDArray[np.bool_]) -> tuple[float, list[float]]:
+        offs = class_offsets(score, cls, n_classes, level)
+        return float(np.mean(score[rows] <= np.asarray(offs)[cls[rows]])), offs
+
     for g in range(n_classes // per_group):
-        members = list(range(g * per_group, (g + 1) * per_group))
-        rows = np.isin(cls, members)
-        if rows.sum() < MIN_BUCKET_ROWS:
-            continue
-
-        def covered(level: float, members: list[int] = members) -> tuple[float, list[float]]:
-            offs = class_offsets(score, cls, n_classes, level)
-            hit = score <= np.asarray(offs)[cls]
-            return float(hit[np.isin(cls, members)].mean()), offs
-
-        if covered(coverage)[0] <= coverage + POOLED_SLACK:
+        members = range(g * per_group, (g + 1) * per_group)
+        rows = (cls >= members.start) & (cls < members.stop)
+        if rows.sum() < MIN_BUCKET_ROWS or covered(coverage, rows)[0] <= coverage + POOLED_SLACK:
             continue  # not over-covered beyond the finite-sample margin: classes keep theirs
         lo, hi = 0.0, coverage  # covered(lo) may be above coverage too: then lo is kept
         for _ in range(30):
             mid = 0.5 * (lo + hi)
-            if covered(mid)[0] >= coverage:
+            if covered(mid, rows)[0] >= coverage:
                 hi = mid
             else:
                 lo = mid
-        offs = covered(hi)[1]
+        offs = covered(hi, rows)[1]
         for c in members:
             out[c] = offs[c]
     return out
