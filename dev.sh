@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # doorstep's set-up on a fresh machine is two commands:
 #   ./dev.sh demo   simulate a city (or --data/--format to bring yours), ingest, build demand tables
-#   ./dev.sh test   lint and run the test suite
+#   ./dev.sh test   lint, type-check and run the test suite
 # Both create ./.venv and install the project (with its dev extras) on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,6 +31,7 @@ case "$cmd" in
   test)
     ensure_env
     ruff check .
+    mypy  # the packages listed in pyproject.toml; the type checker and stubs are pinned there
     exec pytest "$@"
     ;;
   *)

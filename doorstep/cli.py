@@ -81,7 +81,7 @@ def simulate(
     from doorstep.config import load_yaml
 
     cfg = load_yaml(CityConfig, config)
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v for k, v in (("days", days), ("couriers", couriers), ("seed", seed)) if v is not None
     }
     cfg = dataclasses.replace(cfg, **overrides)
@@ -169,12 +169,16 @@ def demand_table(
                 raise ValueError("--freq: Changshu orders carry dates only, use --freq d")
             from features.adapters.changshu import read_changshu
 
-            read = read_changshu(path)
-            table = complete_demand(read.demand, freq)
-            if len(read.rejected):
+            orders = read_changshu(path)
+            table = complete_demand(orders.demand, freq)
+            if len(orders.rejected):
                 console.print(
                     _counts_table(
-                        "rejected order rows", read.rejected[s.REASON].value_counts().to_dict()
+                        "rejected order rows",
+                        {
+                            str(k): int(v)
+                            for k, v in orders.rejected[s.REASON].value_counts().items()
+                        },
                     )
                 )
         elif format == "deliveries":
@@ -463,7 +467,7 @@ def _load_demand_tables(
 ) -> tuple[Any, Any, str]:
     """Hourly and daily demand tables to train on (None where not trained): the user's table
     (``--freq both``: an hourly table, the daily one summed from it) or a simulated city's."""
-    from features.demand import validate_demand
+    from features.demand import daily_from_hourly, validate_demand
     from training.benchmark_demand import load_demand_history
 
     if freq not in DEMAND_FREQS:
@@ -481,8 +485,7 @@ def _load_demand_tables(
     else:
         hourly = load_demand_history(history, "h")
         source = str(history)
-    daily = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
-    daily = daily.groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()
+    daily = daily_from_hourly(hourly)
     if freq == "d":
         return None, daily, source
     return hourly, (daily if freq == "both" else None), source

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from features import schema as s
-from features.demand import demand_from_deliveries, validate_demand
+from features.demand import daily_from_hourly, demand_from_deliveries, validate_demand
 from features.ingest import IngestOptions, ingest, write_ingest
 
 Report = Callable[[str], None]
@@ -81,8 +81,7 @@ def run_main(options: MainOptions, report: Report = print) -> MainResult:
         hourly = validate_demand(planner_demand, "h", where="simulated demand").table
     else:
         hourly = demand_from_deliveries(result.deliveries, "h")
-    daily = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
-    daily = daily.groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()
+    daily = daily_from_hourly(hourly)
     hourly_path, daily_path = (
         options.out / "demand_hourly.parquet",
         options.out / "demand_daily.parquet",

@@ -60,7 +60,8 @@ def validate_demand(raw: pd.DataFrame, freq: str, *, where: str = "demand table"
         raise MissingColumnsError(missing, where=where)
     src = raw.reset_index(drop=True)
     issues = Issues(len(src))
-    zone = src[s.ZONE_ID].astype("string").str.strip().replace("", pd.NA)
+    zone = src[s.ZONE_ID].astype("string").str.strip()
+    zone = zone.mask(zone == "")  # a blank zone is a missing one
     issues.add(MSG_ZONE_MISSING, zone.isna())
     ts = _local_naive(src[s.TS])
     issues.add(MSG_TS_MISSING, src[s.TS].isna())
@@ -100,21 +101,27 @@ def _local_naive(values: pd.Series) -> pd.Series:
 def complete_demand(table: pd.DataFrame, freq: str) -> pd.DataFrame:
     """Sum duplicates, then add zero rows for periods missing inside each zone's active span."""
     freq = check_freq(freq)
-    step = pd.Timedelta(1, unit=s.FREQ_OFFSETS[freq].lower())
-    summed = table.groupby([s.ZONE_ID, s.TS], as_index=False, sort=True)[s.VOLUME].sum()
+    step = pd.Timedelta(f"1{s.FREQ_OFFSETS[freq].lower()}")
+    summed = table.groupby([s.ZONE_ID, s.TS], as_index=False, sort=True)[[s.VOLUME]].sum()
     if summed.empty:
         return summed.astype({s.ZONE_ID: "string", s.TS: "datetime64[ns]", s.VOLUME: "float64"})
     span = summed.groupby(s.ZONE_ID, sort=True)[s.TS].agg(["min", "max"])
-    n = ((span["max"] - span["min"]) // step).astype(np.int64) + 1
-    zones = np.repeat(span.index.to_numpy(), n.to_numpy())
-    offsets = np.arange(int(n.sum())) - np.repeat(
-        np.cumsum(n.to_numpy()) - n.to_numpy(), n.to_numpy()
-    )
-    starts = np.repeat(span["min"].to_numpy(), n.to_numpy())
+    width = (span["max"] - span["min"]).to_numpy()
+    n = (width // step.to_timedelta64()).astype(np.int64) + 1
+    zones = np.repeat(span.index.to_numpy(), n)
+    offsets = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    starts = np.repeat(span["min"].to_numpy(), n)
     grid = pd.DataFrame({s.ZONE_ID: zones, s.TS: starts + offsets * step.to_timedelta64()})
     full = grid.merge(summed, on=[s.ZONE_ID, s.TS], how="left")
     full[s.VOLUME] = full[s.VOLUME].fillna(0.0)
     return full.astype({s.ZONE_ID: "string", s.TS: "datetime64[ns]", s.VOLUME: "float64"})
+
+
+def daily_from_hourly(hourly: pd.DataFrame) -> pd.DataFrame:
+    """A complete hourly demand table summed per zone and local day (complete too: a zone's
+    hours cover every day of its span)."""
+    day = hourly.assign(**{s.TS: hourly[s.TS].dt.floor("D")})
+    return day.groupby([s.ZONE_ID, s.TS], as_index=False, sort=True)[[s.VOLUME]].sum()
 
 
 def demand_from_deliveries(

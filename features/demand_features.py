@@ -561,10 +561,10 @@ class DemandFeaturizer(BaseEstimator):  # type: ignore[misc]
             ).astype(float)
         if spec.day_classes:
             cls = day_class_of(cal)
-            c = np.maximum(codes, 0)
-            ratio = np.where(known, self.class_ratio_[c, cls], self.city_class_ratio_[cls])
+            zc = np.maximum(codes, 0)
+            ratio = np.where(known, self.class_ratio_[zc, cls], self.city_class_ratio_[cls])
             off = is_day_off(cls).astype(np.int64)
-            shape = np.where(known, self.daytype_profile_[c, off, pos], profile)
+            shape = np.where(known, self.daytype_profile_[zc, off, pos], profile)
             cols["class_ratio"] = ratio
             cols["daytype_profile"] = shape
             w = max(spec.level_profiles, default=672)

@@ -804,7 +804,7 @@ def _codes(vocab: pd.Index, values: npt.NDArray[np.object_]) -> FloatArray:
         code_of = _code_map(vocab)
         codes = np.fromiter((code_of.get(str(v), -1.0) for v in values), np.float64, len(values))
     else:
-        codes = vocab.get_indexer(values.astype(str)).astype(np.float64)
+        codes = vocab.get_indexer(pd.Index(values.astype(str))).astype(np.float64)
     codes[codes < 0] = np.nan  # unseen category: LightGBM treats it as missing
     return codes
 

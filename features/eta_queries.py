@@ -181,7 +181,7 @@ def queries_from_deliveries(
         q_day=local_day(times),
         q_route_day=local_day(d[s.DISPATCH_TIME])[row_of_k],
         q_clock_min=local_clock_min(times),
-        q_weekday=times.dt.weekday.to_numpy(dtype=np.int64),
+        q_weekday=np.asarray(times.dt.weekday, dtype=np.int64),
         q_lat=q_lat,
         q_lng=q_lng,
         q_depot_lat=depot_lat[row_of_k],

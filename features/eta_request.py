@@ -265,7 +265,7 @@ def _opt_time(value: Any) -> dt.datetime | None:
     return None if value is None or pd.isna(value) else value.to_pydatetime()
 
 
-def _opt(value: object) -> str | None:
+def _opt(value: Any) -> str | None:
     import pandas as pd
 
     return None if value is None or pd.isna(value) or str(value) == "" else str(value)

@@ -132,7 +132,7 @@ DELIVERY_COLUMNS: dict[str, Column] = {c.name: c for c in DELIVERIES}
 DEMAND_COLUMNS: dict[str, Column] = {c.name: c for c in DEMAND}
 REQUIRED_DELIVERY_COLUMNS: tuple[str, ...] = tuple(c.name for c in DELIVERIES if c.required)
 TIMESTAMP_COLUMNS: tuple[str, ...] = tuple(c.name for c in DELIVERIES if c.kind == "timestamp")
-DATETIME_DTYPE_UNIT = "ns"
+DATETIME_DTYPE_UNIT: Literal["ns"] = "ns"
 
 _PANDAS_DTYPES: dict[Kind, str] = {
     "string": "string",

@@ -16,7 +16,7 @@ import pandas as pd
 
 from doorstep.demand_bundle import DemandBundle
 from features import schema as s
-from features.demand import read_demand_file, validate_demand
+from features.demand import daily_from_hourly, read_demand_file, validate_demand
 from serving.loader import ModelInfo
 from serving.schemas import Band, DemandRequest, DemandResponse, ModelRef, ZoneDemand
 
@@ -59,10 +59,7 @@ class DemandStore:
     def _read(self, stamp: tuple[float, int]) -> StoreSnapshot:
         raw = read_demand_file(self.path)
         hourly = validate_demand(raw, "h", where=str(self.path)).table
-        day = hourly[s.TS].dt.floor("D")
-        daily: pd.DataFrame = (
-            hourly.assign(**{s.TS: day}).groupby([s.ZONE_ID, s.TS], as_index=False)[s.VOLUME].sum()  # type: ignore[assignment]  # as_index=False: a frame, not a Series
-        )
+        daily = daily_from_hourly(hourly)
         last = hourly[s.TS].max() if len(hourly) else None
         zones = frozenset(hourly[s.ZONE_ID].astype(str).unique())
         return StoreSnapshot(hourly, daily, zones, None if pd.isna(last) else last, stamp)

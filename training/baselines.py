@@ -98,7 +98,7 @@ def fit_baselines(history: pd.DataFrame, train: QueryBatch) -> Baselines:
     per_courier = speeds.groupby("courier")["speed"].median()
     y = train.t_label_min
     ranks = pd.Series(y).groupby(train.t_seq).median().sort_index()
-    rank_median = ranks.reindex(range(int(ranks.index.max()) + 1)).ffill().to_numpy()
+    rank_median = np.asarray(ranks.reindex(range(int(ranks.index.max()) + 1)).ffill(), np.float64)
     hour = (train.q_clock_min // 60).astype(int)[train.t_query]
     frame = pd.DataFrame({"zone": train.t_zone, "hour": hour, "y": y})
     zh = frame.groupby(["zone", "hour"])["y"].mean()
@@ -107,7 +107,12 @@ def fit_baselines(history: pd.DataFrame, train: QueryBatch) -> Baselines:
         global_speed=float(speeds["speed"].median()),
         const_median=float(np.median(y)),
         rank_median=rank_median,
-        zone_hour={(str(z), int(h)): float(v) for (z, h), v in zh.items()},
+        zone_hour={
+            (str(z), int(h)): float(v)
+            for z, h, v in zip(
+                zh.index.get_level_values(0), zh.index.get_level_values(1), zh, strict=True
+            )
+        },
         zone_mean={str(k): float(v) for k, v in frame.groupby("zone")["y"].mean().items()},
         overall_mean=float(np.mean(y)),
     )

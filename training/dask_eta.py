@@ -147,7 +147,7 @@ def _fit_quantile(
     cats: list[str],
     client: Any,
     n_rows: int,
-    eval_set: list[tuple[dd.DataFrame, dd.Series]] | None = None,
+    eval_set: list[tuple[Any, Any]] | None = None,  # (dd.DataFrame, dd.Series) pairs
 ) -> lgb.DaskLGBMRegressor:
     # ``n_rows`` over all workers: each bags its share at the fraction that caps the total
     params = quantile_params(config, alpha, n_rows)

@@ -263,7 +263,7 @@ class ModeData:
     n_cal: int
 
     def fit_and_valid(self) -> lgb.Dataset:
-        return self.stacked.subset(np.arange(self.n_fit + self.n_valid))
+        return self.stacked.subset(list(range(self.n_fit + self.n_valid)))
 
 
 def bin_windows(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from doorstep.eta_bundle import EtaBundle, EtaPrediction
-from features.eta_features import Mode
+from features.eta_features import MODES, Mode
 from features.eta_queries import QueryBatch
 from training.baselines import Baselines
 from training.metrics import by_horizon, eta_metrics, stability
@@ -74,4 +74,4 @@ def evaluate(
     bundle: EtaBundle, baselines: Baselines, batch: QueryBatch
 ) -> dict[str, ModeEvaluation]:
     """Both modes (those the bundle has) on the same rows."""
-    return {mode: evaluate_mode(bundle, baselines, batch, mode) for mode in bundle.modes}  # type: ignore[misc]
+    return {m: evaluate_mode(bundle, baselines, batch, m) for m in MODES if m in bundle.modes}

@@ -274,6 +274,18 @@ class StudyRun:
     study: optuna.Study
     parent_run_id: str
     n_trials_total: int
+    storage: str
+
+    def result(self, best_params: dict[str, Any]) -> TuneResult:
+        """The named result of this study, whose best ``best_params`` were written back."""
+        return TuneResult(
+            best_params=dict(best_params),
+            best_value=float(self.study.best_value),
+            n_trials_total=self.n_trials_total,
+            study_name=self.study.study_name,
+            storage=self.storage,
+            parent_run_id=self.parent_run_id,
+        )
 
 
 def run_study(
@@ -320,7 +332,7 @@ def run_study(
             raise RuntimeError(f"study {study_name!r}: no trial completed; nothing to write back")
         mlflow.set_tag("optuna.best_trial", study.best_trial.number)
         on_best(study)
-    return StudyRun(study, parent.info.run_id, len(states))
+    return StudyRun(study, parent.info.run_id, len(states), storage)
 
 
 def tune_eta(
@@ -376,11 +388,4 @@ def tune_eta(
         warmup_steps=min(WARMUP_ROUNDS, config.booster.n_estimators // 2),
         on_best=on_best,
     )
-    return TuneResult(
-        best_params=dict(written),
-        best_value=float(run.study.best_value),
-        n_trials_total=run.n_trials_total,
-        study_name=study_name,
-        storage=storage,
-        parent_run_id=run.parent_run_id,
-    )
+    return run.result(written)

@@ -191,11 +191,4 @@ def tune_demand(
         warmup_steps=min(WARMUP_ROUNDS, config.booster.n_estimators // 2),
         on_best=on_best,
     )
-    return TuneResult(
-        best_params=dict(written),
-        best_value=float(run.study.best_value),
-        n_trials_total=run.n_trials_total,
-        study_name=study_name,
-        storage=storage,
-        parent_run_id=run.parent_run_id,
-    )
+    return run.result(written)
