@@ -105,17 +105,30 @@ def simulate(
 
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(help="Deliveries file (CSV, Parquet or LaDe)")],
-    format: Annotated[str, typer.Option("--format", help="lade | csv | parquet")] = "parquet",
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Deliveries file (CSV, Parquet or LaDe), or with --format sql a database URL "
+            "(sqlite:///deliveries.db, postgresql+psycopg://user@host/db)"
+        ),
+    ],
+    format: Annotated[str, typer.Option("--format", help="lade | csv | parquet | sql")] = "parquet",
     out: Annotated[Path, typer.Option(help="Output directory")] = Path("data/ingested"),
-    mapping: Annotated[Path | None, typer.Option(help="Column mapping YAML (csv/parquet)")] = None,
+    mapping: Annotated[
+        Path | None, typer.Option(help="Column mapping YAML (csv/parquet/sql)")
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Option(help="--format sql: a table name, or a SELECT statement to run"),
+    ] = None,
     tz: Annotated[str, typer.Option(help="Time zone of naive timestamps")] = s.DEFAULT_TZ,
     year: Annotated[int, typer.Option(help="Year of LaDe's year-less dates")] = 2021,
     h3_resolution: Annotated[
         int, typer.Option(help="H3 resolution for zones")
     ] = s.DEFAULT_H3_RESOLUTION,
 ) -> None:
-    """Validate a deliveries file: OUT/deliveries.parquet (valid) and OUT/quarantine.parquet."""
+    """Validate deliveries: OUT/deliveries.parquet (valid) and OUT/quarantine.parquet."""
+    from features.adapters.sql import redact
     from features.ingest import FORMATS, IngestOptions, write_ingest
     from features.ingest import ingest as run_ingest
     from features.validate import ValidationConfig
@@ -124,13 +137,16 @@ def ingest(
         raise _fail(f"--format: must be one of {', '.join(FORMATS)}, got {format!r}")
     options = IngestOptions(
         fmt=format,  # type: ignore[arg-type]
-        mapping=mapping,
+        # MLflow passes an absent parameter as "" (a Path of ".")
+        mapping=mapping if mapping is not None and str(mapping) not in ("", ".") else None,
         tz=tz,
         year=year,
         validation=ValidationConfig(h3_resolution=h3_resolution),
+        query=query or None,
     )
+    shown = redact(path) if format == "sql" else path  # never print a database password
     try:
-        with console.status(f"reading and validating {path}"):
+        with console.status(f"reading and validating {shown}"):
             result = run_ingest(path, options)
     except (MissingColumnsError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -142,7 +158,7 @@ def ingest(
         f"{result.n_quarantined:,} quarantined -> {paths.quarantine}"
     )
     if result.n_valid == 0:
-        raise _fail(f"{path}: no valid rows (see {paths.quarantine})")
+        raise _fail(f"{shown}: no valid rows (see {paths.quarantine})")
 
 
 @app.command("demand-table")

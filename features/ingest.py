@@ -1,10 +1,11 @@
-"""Ingest deliveries from a file: adapt to the contract, validate every row, write the split."""
+"""Ingest deliveries from a file or a database: adapt to the contract, validate every row,
+write the split."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
@@ -13,20 +14,25 @@ from features.coerce import Adapted, coerce_deliveries
 from features.issues import Issues, MissingColumnsError
 from features.validate import ValidationConfig, ValidationResult, validate_deliveries
 
-Format = Literal["lade", "csv", "parquet"]
-FORMATS: tuple[str, ...] = ("lade", "csv", "parquet")
+if TYPE_CHECKING:
+    from features.adapters.tabular import ColumnMapping
+
+Format = Literal["lade", "csv", "parquet", "sql"]
+FORMATS: tuple[str, ...] = ("lade", "csv", "parquet", "sql")
 DELIVERIES_FILE = "deliveries.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """How to read a source: its format, column mapping, time zone and (LaDe) year."""
+    """How to read a source: its format, column mapping, time zone, (LaDe) year and (SQL) the
+    table or query to read."""
 
     fmt: Format = "parquet"
     mapping: Path | None = None
     tz: str = s.DEFAULT_TZ
     year: int = 2021
+    query: str | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
@@ -37,7 +43,18 @@ class IngestPaths:
 
 
 def load_source(path: str | Path, options: IngestOptions) -> Adapted:
-    """Read ``path`` into contract columns, aligned with the rows as they came."""
+    """Read ``path`` (for ``sql``, a database URL) into contract columns, aligned with the rows
+    as they came."""
+    if options.fmt == "sql":
+        from features.adapters.sql import is_database_url, read_sql_source
+
+        url = str(path)
+        if not is_database_url(url):
+            raise ValueError(f"{url}: --format sql takes a database URL (dialect://...)")
+        mapping, tz = _mapping_and_tz(options)
+        return read_sql_source(url, options.query or "", mapping=mapping, tz=tz)
+    if options.query:
+        raise ValueError(f"--query: only for --format sql, not {options.fmt}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -46,16 +63,25 @@ def load_source(path: str | Path, options: IngestOptions) -> Adapted:
 
         return read_lade(path, year=options.year, tz=options.tz)
     if options.fmt in ("csv", "parquet"):
-        from features.adapters.tabular import load_mapping, read_table
+        from features.adapters.tabular import read_table
 
-        mapping = load_mapping(options.mapping) if options.mapping else None
-        tz = mapping.timezone if mapping is not None and mapping.timezone else options.tz
+        mapping, tz = _mapping_and_tz(options)
         return read_table(path, fmt=options.fmt, mapping=mapping, tz=tz)
     raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {options.fmt!r}")
 
 
+def _mapping_and_tz(options: IngestOptions) -> tuple[ColumnMapping | None, str]:
+    """The column mapping, and the zone of naive timestamps: the mapping's when it names one
+    (a property of the source, like its column names), else the caller's."""
+    from features.adapters.tabular import load_mapping
+
+    mapping = load_mapping(options.mapping) if options.mapping else None
+    return mapping, (mapping.timezone if mapping is not None and mapping.timezone else options.tz)
+
+
 def ingest(path: str | Path, options: IngestOptions | None = None) -> ValidationResult:
-    """Adapt and validate a file; raises only when nothing can be read (missing columns)."""
+    """Adapt and validate a file or a database query; raises only when nothing can be read
+    (missing columns, an unreadable source)."""
     options = options or IngestOptions()
     return validate_deliveries(load_source(path, options), options.validation)
 

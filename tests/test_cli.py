@@ -67,7 +67,7 @@ def test_ingest_with_no_valid_row_exits_2(contract_csv: Path, tmp_path: Path) ->
 def test_ingest_unknown_format_exits_2(contract_csv: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(contract_csv), "--format", "xml", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "--format: must be one of lade, csv, parquet, got 'xml'" in result.output
+    assert "--format: must be one of lade, csv, parquet, sql, got 'xml'" in result.output
 
 
 def test_demand_table_from_deliveries(contract_csv: Path, tmp_path: Path) -> None:

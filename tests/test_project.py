@@ -12,7 +12,7 @@ from features import schema as s
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = (
-    "main", "simulate", "ingest", "demand_table", "train_eta", "tune_eta", "benchmark_eta",
+    "main", "simulate", "ingest", "ingest_sql", "demand_table", "train_eta", "tune_eta", "benchmark_eta",
     "train_demand", "tune_demand", "benchmark_demand",
 )  # fmt: skip
 
